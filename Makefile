@@ -1,0 +1,63 @@
+# bifrepro — every target sets itself up on first use (creates .venv and installs the project).
+# Run `make help` for the list.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RESULTS ?= $(CURDIR)/results
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+export HYDRA_FULL_ERROR := 1
+
+.PHONY: help install test test-slow lint format bench demo reproduce mlflow-ui clean \
+        reproduce-toy sweep-toy
+
+help:  ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned to the builds that ship on this kind of machine's disk
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install bifrepro (editable) with dev tools
+
+test: $(STAMP)  ## Run the test suite (fast tests; slow ones are marked and excluded)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## Run only the slow tests
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)  ## Ruff lint + format check
+	$(PY) -m ruff check bifrepro experiments tests bench
+	$(PY) -m ruff format --check bifrepro experiments tests bench
+
+format: $(STAMP)  ## Auto-format with ruff
+	$(PY) -m ruff check --fix bifrepro experiments tests bench
+	$(PY) -m ruff format bifrepro experiments tests bench
+
+bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
+	$(PY) bench/bench_sampler.py
+
+demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
+	$(PY) -m bifrepro.demo
+
+reproduce: $(STAMP) reproduce-toy  ## Run every experiment at embedded scale; results/ + MLflow
+
+reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
+	$(PY) -m experiments.toy_hierarchy
+
+sweep-toy: $(STAMP)  ## Multirun sweep of the toy over localization and nbeta (parent/child MLflow runs)
+	$(PY) -m experiments.toy_hierarchy -m experiment=toy_sweep
+
+mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:5000 against results/mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## Remove caches and Hydra outputs (keeps .venv and results/)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
