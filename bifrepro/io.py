@@ -1,0 +1,102 @@
+"""Atomic file writes: a result file is either the old one or the complete new one, never half.
+
+Every writer goes to a temporary file in the destination folder, flushes it to disk and then
+``os.replace``-s it over the destination (atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_csv",
+    "atomic_save_figure",
+    "atomic_torch_save",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    ``suffix`` (default: the destination's) matters for writers that infer the format from it.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{dest.name}.",
+        suffix=(suffix if suffix is not None else dest.suffix) + ".tmp",
+        dir=dest.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_open(path: str | os.PathLike[str], mode: str) -> Iterator[IO[Any]]:
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with _atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with _atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike[str], indent: int = 2) -> Path:
+    """Serialise ``obj`` as JSON (sorted keys) to ``path`` atomically."""
+    return atomic_write_text(
+        path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n"
+    )
+
+
+def atomic_write_csv(df: Any, path: str | os.PathLike[str], index: bool = False) -> Path:
+    """Write a pandas DataFrame to CSV atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+    return Path(path)
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically (format from the destination's suffix)."""
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=dest.suffix.lstrip(".") or "png")
+    return dest
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

@@ -1,0 +1,394 @@
+"""``sample_loss_traces``: SGLD chains around w*, recording every observed item's loss per draw.
+
+Cost model: per kept draw, ``thinning`` SGLD steps (forward + backward on one minibatch) plus one
+no-grad forward pass over every observed item. Observed data are collated once and kept on the
+model's device; losses are written straight into the preallocated (or memory-mapped) traces.
+
+Batch norm and dropout: the sampled network is the deployed one. The working copy stays in
+``eval()`` mode for the SGLD gradient and for the recorded losses, so batch norm uses the running
+statistics of w* (which are not sampled) and dropout is off; the posterior is over the trainable
+parameters only (``requires_grad=True``), buffers stay at their w* values.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from bifrepro.data.batches import EvalBatches, MinibatchStream, batch_size_of
+from bifrepro.sampling.config import SGLDConfig
+from bifrepro.sampling.diagnostics import ChainDiagnostics, SamplerDivergedError
+from bifrepro.sampling.sgld import SGLDState, sgld_update
+from bifrepro.traces import LossTraces, TraceStore, _mean_over_items
+
+__all__ = ["sample_loss_traces", "LossFn"]
+
+log = logging.getLogger(__name__)
+
+#: ``loss_fn(model, batch) -> Tensor[B]`` (per item) or ``Tensor[B, T]`` (per token).
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+Observable = Dataset | tuple[Dataset, LossFn]
+
+
+def _chain_seed(seed: int, chain: int, stream: int) -> int:
+    """Independent, reproducible seeds per (master seed, chain, stream)."""
+    return int(np.random.SeedSequence([seed, chain, stream]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _evaluate_into(
+    model: torch.nn.Module, fn: LossFn, batches: EvalBatches, out: torch.Tensor, name: str
+) -> None:
+    """Write every item's loss into ``out`` (``[n(, T)]``), batch by batch, without autograd."""
+    start = 0
+    with torch.inference_mode():
+        for batch in batches:
+            losses = fn(model, batch)
+            b = batch_size_of(batch)
+            if losses.shape[0] != b or losses.shape[1:] != out.shape[1:]:
+                raise ValueError(
+                    f"loss_fn returned shape {tuple(losses.shape)} for a batch of {b} items of "
+                    f"observable {name!r}; expected [{b}{''.join(f', {s}' for s in out.shape[1:])}] "
+                    "(per-item [B] or per-token [B, T] with a fixed T)"
+                )
+            out[start : start + b].copy_(losses.detach())
+            start += b
+
+
+def _initial_losses(
+    model: torch.nn.Module, fn: LossFn, batches: EvalBatches, name: str
+) -> torch.Tensor:
+    """Losses at w*; also fixes each observable's trace shape."""
+    rows = []
+    with torch.inference_mode():
+        for batch in batches:
+            losses = fn(model, batch)
+            if not isinstance(losses, torch.Tensor) or losses.dim() not in (1, 2):
+                raise ValueError(
+                    f"loss_fn must return a tensor [B] or [B, T] of per-item/per-token losses; got "
+                    f"{type(losses).__name__} {getattr(losses, 'shape', '')} for observable {name!r}"
+                )
+            if losses.shape[0] != batch_size_of(batch):
+                raise ValueError(
+                    f"loss_fn returned {losses.shape[0]} losses for a batch of "
+                    f"{batch_size_of(batch)} items of observable {name!r}: it must not reduce over the batch"
+                )
+            rows.append(losses.detach().float().cpu())
+    try:
+        return torch.cat(rows)
+    except RuntimeError as err:
+        raise ValueError(
+            f"per-token losses of observable {name!r} have different lengths across batches; "
+            "pad sequences to one fixed length"
+        ) from err
+
+
+def _normalise_observables(
+    observables: Mapping[str, Observable], loss_fn: LossFn
+) -> dict[str, tuple[Dataset, LossFn]]:
+    if not observables:
+        raise ValueError("observables is empty: name at least one dataset whose losses to record")
+    out = {}
+    for name, obs in observables.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"observable names must be identifiers, got {name!r}")
+        if isinstance(obs, tuple):
+            if len(obs) != 2 or not callable(obs[1]):
+                raise ValueError(
+                    f"observable {name!r} must be a dataset or a (dataset, loss_fn) pair"
+                )
+            out[name] = (obs[0], obs[1])
+        else:
+            out[name] = (obs, loss_fn)
+    return out
+
+
+def _check_divergence(
+    value: float, limit: float, config: SGLDConfig, chain: int, draw: int, what: str
+) -> None:
+    if not np.isfinite(value) or value > limit:
+        raise SamplerDivergedError(
+            f"SGLD diverged in chain {chain} at draw {draw}: {what} = {value:.4g} "
+            f"(limit {limit:.4g}) with step_size ε={config.step_size:g}, localization "
+            f"γ={config.localization:g}, nbeta nβ={config.nbeta:g}. Lower step_size or raise "
+            "localization; `bifrepro.sampling.calibrate` picks a stable step size."
+        )
+
+
+def sample_loss_traces(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_data: Dataset,
+    observables: Mapping[str, Observable],
+    config: SGLDConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> LossTraces:
+    """Run SGLD chains around the model's current weights w* and record losses on every draw.
+
+    Args:
+        model: trained network; its parameters are w*. It is deep-copied, never modified.
+        loss_fn: ``loss_fn(model, batch)`` → per-item ``[B]`` or per-token ``[B, T]`` losses. The
+            SGLD step uses the mean over the minibatch.
+        train_data: dataset SGLD minibatches are drawn from (its loss defines the posterior).
+        observables: ``{name: dataset}`` or ``{name: (dataset, loss_fn)}`` whose every item is
+            evaluated on every kept draw (e.g. ``{"train": train_data, "query": query_data}``).
+        config: sampler settings.
+        out_dir: if given, traces are memory-mapped files in this folder, written draw by draw;
+            re-running the same call resumes an interrupted run (a different configuration, model
+            or data pointed at the same folder is refused).
+        progress: tqdm bar per chain; ``None`` shows it only on a terminal.
+        collate_fn: collate function for the datasets (default: torch's ``default_collate``).
+
+    Returns:
+        :class:`LossTraces`; ``traces[name]`` is ``[num_chains, num_draws, n(, T)]``.
+
+    Raises:
+        SamplerDivergedError: a loss became non-finite or exceeded
+            ``divergence_factor·(1 + |loss at w*|)``.
+    """
+    config.validate()
+    obs = _normalise_observables(observables, loss_fn)
+    work = copy.deepcopy(model)
+    work.eval()
+    params = [p for p in work.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True) to sample")
+    device = params[0].device
+    w_star = [p.detach().clone() for p in params]
+
+    eval_sets = {
+        name: EvalBatches(ds, config.eval_batch_size, device, config.cache_data, collate_fn)
+        for name, (ds, _) in obs.items()
+    }
+    init_rows = {
+        name: _initial_losses(work, fn, eval_sets[name], name) for name, (_, fn) in obs.items()
+    }
+    init_mean = {name: float(row.double().mean()) for name, row in init_rows.items()}
+    for name, value in init_mean.items():
+        if not np.isfinite(value):
+            raise ValueError(f"the loss of observable {name!r} at w* is not finite ({value})")
+    limits = {n: config.divergence_factor * (1.0 + abs(v)) for n, v in init_mean.items()}
+    trace_dtype = getattr(torch, config.trace_dtype)
+    c_total, d_total = config.num_chains, config.num_draws
+
+    store: TraceStore | None = None
+    completed = [0] * c_total
+    if out_dir is not None:
+        store = TraceStore(Path(out_dir))
+        manifest = store.open(config, init_rows, w_star)
+        completed = list(manifest["completed"])
+        if manifest["status"] == "complete":
+            log.info("traces in %s are complete; loading them", out_dir)
+            return store.to_traces(manifest)
+        manifest["status"] = "running"
+        manifest["error"] = None
+        store.write_manifest(manifest)
+        memmaps = {n: store.trace_array(n) for n in obs}
+        memmaps.update(
+            sgld_loss=store.diag_array("sgld_loss"), distance=store.diag_array("distance")
+        )
+        arrays = {n: torch.from_numpy(memmaps[n]) for n in obs}
+        sgld_loss = torch.from_numpy(memmaps["sgld_loss"])
+        distance = torch.from_numpy(memmaps["distance"])
+    else:
+        arrays = {
+            n: torch.empty((c_total, d_total, *row.shape), dtype=trace_dtype)
+            for n, row in init_rows.items()
+        }
+        sgld_loss = torch.empty((c_total, d_total), dtype=torch.float64)
+        distance = torch.empty((c_total, d_total), dtype=torch.float64)
+
+    # Evaluate on-device into a float32 buffer, then copy into the (CPU / memory-mapped) trace.
+    scratch = {
+        n: torch.empty(row.shape, dtype=torch.float32, device=device)
+        for n, row in init_rows.items()
+    }
+
+    with logging_redirect_tqdm():
+        for chain in range(c_total):
+            if completed[chain] >= d_total:
+                continue
+            try:
+                _run_chain(
+                    chain,
+                    work,
+                    params,
+                    w_star,
+                    loss_fn,
+                    train_data,
+                    obs,
+                    eval_sets,
+                    config,
+                    arrays,
+                    scratch,
+                    sgld_loss,
+                    distance,
+                    limits,
+                    completed,
+                    store,
+                    progress,
+                    collate_fn,
+                    device,
+                )
+            except SamplerDivergedError as err:
+                if store is not None:
+                    manifest = store.read_manifest() or {}
+                    manifest.update(status="diverged", error=str(err))
+                    store.write_manifest(manifest)
+                raise
+
+    if store is not None:
+        for mm in memmaps.values():
+            mm.flush()
+        manifest = store.read_manifest() or {}
+        manifest["status"] = "complete"
+        store.write_manifest(manifest)
+        traces = store.to_traces(manifest)
+    else:
+        diagnostics = ChainDiagnostics(
+            sgld_loss=sgld_loss,
+            distance=distance,
+            observed_loss={n: _mean_over_items(t) for n, t in arrays.items()},
+            init_loss=init_mean,
+        )
+        traces = LossTraces(arrays, diagnostics, config, init_rows)
+    log.info("BIF sampling done: %s", traces.diagnostics.summary())
+    traces.diagnostics.warn_if_drifting()
+    return traces
+
+
+def _run_chain(
+    chain: int,
+    work: torch.nn.Module,
+    params: list[torch.Tensor],
+    w_star: list[torch.Tensor],
+    loss_fn: LossFn,
+    train_data: Dataset,
+    obs: dict[str, tuple[Dataset, LossFn]],
+    eval_sets: dict[str, EvalBatches],
+    config: SGLDConfig,
+    arrays: dict[str, torch.Tensor],
+    scratch: dict[str, torch.Tensor],
+    sgld_loss: torch.Tensor,
+    distance: torch.Tensor,
+    limits: dict[str, float],
+    completed: list[int],
+    store: TraceStore | None,
+    progress: bool | None,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    device: torch.device,
+) -> None:
+    """Run (or resume) one chain, writing each kept draw and committing it before the next."""
+    noise_gen = torch.Generator(device=device).manual_seed(_chain_seed(config.seed, chain, 0))
+    batch_gen = torch.Generator().manual_seed(_chain_seed(config.seed, chain, 1))
+    stream = MinibatchStream(
+        train_data, config.batch_size, device, batch_gen, config.cache_data, collate_fn
+    )
+    state = SGLDState.init(params, config)
+    start_step = 0
+    with torch.no_grad():
+        for p, p0 in zip(params, w_star, strict=True):
+            p.copy_(p0)
+    ckpt = store.load_checkpoint(chain) if store is not None else None
+    if ckpt is not None and ckpt["draw"] <= completed[chain]:
+        with torch.no_grad():
+            for p, saved in zip(params, ckpt["params"], strict=True):
+                p.copy_(saved)
+        state.square_avg = [v.to(device) for v in ckpt["square_avg"]]
+        noise_gen.set_state(ckpt["noise_rng"])
+        stream.load_state_dict(ckpt["stream"])
+        start_step = ckpt["step"]
+    done = completed[chain]
+    total = config.total_steps
+    window_loss = torch.zeros((), dtype=torch.float64, device=device)
+    window_steps = 0
+    bar = tqdm(
+        total=total,
+        initial=start_step,
+        desc=f"SGLD chain {chain + 1}/{config.num_chains}",
+        disable=None if progress is None else not progress,
+        leave=False,
+        unit="step",
+    )
+    try:
+        for step in range(start_step + 1, total + 1):
+            batch = stream.next()
+            with torch.enable_grad():
+                loss = loss_fn(work, batch).mean()
+            grads = torch.autograd.grad(loss, params)
+            sgld_update(params, list(grads), w_star, state, config, noise_gen)
+            window_loss += loss.detach().double()
+            window_steps += 1
+            bar.update(1)
+            if step <= config.burn_in or (step - config.burn_in) % config.thinning:
+                continue
+            draw = (step - config.burn_in) // config.thinning - 1
+            mean_step_loss = float(window_loss) / window_steps
+            window_loss.zero_()
+            window_steps = 0
+            if draw < done:  # replaying steps of draws already on disk after a resume
+                continue
+            _check_divergence(
+                mean_step_loss, float("inf"), config, chain, draw, "SGLD minibatch loss"
+            )
+            for name, (_, fn) in obs.items():
+                _evaluate_into(work, fn, eval_sets[name], scratch[name], name)
+                mean = float(scratch[name].double().mean())
+                _check_divergence(mean, limits[name], config, chain, draw, f"mean loss of {name!r}")
+                arrays[name][chain, draw].copy_(scratch[name])
+            with torch.no_grad():
+                diffs = torch._foreach_sub(params, w_star)
+                dist = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs))))
+            sgld_loss[chain, draw] = mean_step_loss
+            distance[chain, draw] = dist
+            done = draw + 1
+            completed[chain] = done
+            if store is not None:
+                _commit(store, chain, done, step, params, state, noise_gen, stream, config)
+    finally:
+        bar.close()
+
+
+def _commit(
+    store: TraceStore,
+    chain: int,
+    done: int,
+    step: int,
+    params: list[torch.Tensor],
+    state: SGLDState,
+    noise_gen: torch.Generator,
+    stream: MinibatchStream,
+    config: SGLDConfig,
+) -> None:
+    """Mark ``done`` draws of ``chain`` complete; checkpoint the chain state periodically.
+
+    The manifest is replaced atomically after the draw's rows are in the (shared) memory map, so
+    a killed process loses at most the draw in flight. The checkpoint is written after the
+    manifest, so it never runs ahead of the completed draws.
+    """
+    manifest = store.read_manifest() or {}
+    manifest["completed"][chain] = done
+    store.write_manifest(manifest)
+    if done % config.checkpoint_every == 0 and done < config.num_draws:
+        store.save_checkpoint(
+            chain,
+            {
+                "draw": done,
+                "step": step,
+                "params": [p.detach().cpu().clone() for p in params],
+                "square_avg": [v.detach().cpu().clone() for v in state.square_avg],
+                "noise_rng": noise_gen.get_state(),
+                "stream": stream.state_dict(),
+            },
+        )

@@ -1,0 +1,173 @@
+"""On-disk traces: resume after kill -9, refusal of a mismatched out_dir, divergence bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from bifrepro.sampling import (
+    SamplerDivergedError,
+    SGLDConfig,
+    TraceStoreMismatchError,
+    sample_loss_traces,
+)
+from bifrepro.traces import LossTraces
+from tests.sampling import _resume_job
+from tests.sampling._models import ce_loss, mse_loss, regression_problem, small_mlp_problem
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _completed(out: Path) -> list[int]:
+    try:
+        return json.loads((out / "manifest.json").read_text())["completed"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return [0, 0]
+
+
+@pytest.mark.filterwarnings("ignore::bifrepro.sampling.ChainDriftWarning")
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    torch.set_num_threads(1)
+    reference = _resume_job.run(None)
+
+    out = tmp_path / "traces"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(Path(_resume_job.__file__)), str(out)], env=env)
+    deadline = time.time() + 120
+    # Kill inside the second chain, past a checkpoint, with draws left to do.
+    while time.time() < deadline and proc.poll() is None:
+        done = _completed(out)
+        if done[0] == 60 and done[1] >= 9:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "running"
+    assert manifest["completed"][0] == 60 and 9 <= manifest["completed"][1] < 60
+    with pytest.raises(RuntimeError, match="not complete"):
+        LossTraces.load(out)
+
+    resumed = _resume_job.run(str(out))
+    for name in ("train", "query"):
+        assert torch.equal(resumed[name], reference[name]), name
+    torch.testing.assert_close(
+        resumed.diagnostics.distance, reference.diagnostics.distance.double()
+    )
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+    reopened = LossTraces.load(out)
+    assert torch.equal(reopened["query"], reference["query"])
+
+
+def test_in_process_interruption_resumes_from_checkpoint(tmp_path):
+    """An exception mid-chain (like Ctrl-C) leaves a resumable store; rerun completes it exactly."""
+    x, y, model = regression_problem()
+    ds = TensorDataset(x, y)
+    cfg = SGLDConfig(
+        step_size=1e-3,
+        nbeta=50.0,
+        localization=100.0,
+        num_chains=2,
+        num_draws=30,
+        burn_in=4,
+        thinning=3,
+        batch_size=8,
+        checkpoint_every=4,
+    )
+    reference = sample_loss_traces(model, mse_loss, ds, {"train": ds}, cfg, progress=False)
+
+    calls = {"n": 0}
+
+    def flaky(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise KeyboardInterrupt
+        return mse_loss(m, batch)
+
+    out = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt):
+        sample_loss_traces(model, flaky, ds, {"train": ds}, cfg, out_dir=out, progress=False)
+    assert 0 < sum(_completed(out)) < 60
+    resumed = sample_loss_traces(
+        model, mse_loss, ds, {"train": ds}, cfg, out_dir=out, progress=False
+    )
+    assert torch.equal(resumed["train"], reference["train"])
+
+
+def test_completed_store_is_loaded_not_resampled(tmp_path):
+    x, y, model = regression_problem()
+    ds = TensorDataset(x, y)
+    cfg = SGLDConfig(num_chains=1, num_draws=5, burn_in=0, batch_size=8)
+    first = sample_loss_traces(
+        model, mse_loss, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False
+    )
+    calls = {"grad": 0}
+
+    def counting(m, b):
+        calls["grad"] += int(torch.is_grad_enabled())
+        return mse_loss(m, b)
+
+    second = sample_loss_traces(
+        model, counting, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False
+    )
+    assert calls["grad"] == 0
+    assert torch.equal(first["train"], second["train"])
+
+
+def test_different_config_model_or_data_is_refused(tmp_path):
+    x, y, model = regression_problem()
+    ds = TensorDataset(x, y)
+    cfg = SGLDConfig(num_chains=1, num_draws=3, burn_in=0, batch_size=8)
+    sample_loss_traces(model, mse_loss, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False)
+    with pytest.raises(TraceStoreMismatchError, match="step_size"):
+        sample_loss_traces(
+            model, mse_loss, ds, {"train": ds}, cfg.replace(step_size=5e-4), out_dir=tmp_path
+        )
+    _, _, other_model = regression_problem(seed=5)
+    with pytest.raises(TraceStoreMismatchError, match="model weights"):
+        sample_loss_traces(other_model, mse_loss, ds, {"train": ds}, cfg, out_dir=tmp_path)
+    shuffled = TensorDataset(x, y.flip(0))
+    with pytest.raises(TraceStoreMismatchError, match="different data"):
+        sample_loss_traces(model, mse_loss, ds, {"train": shuffled}, cfg, out_dir=tmp_path)
+    # Speed-only settings are not part of the identity: a different eval batch size resumes fine.
+    again = sample_loss_traces(
+        model,
+        mse_loss,
+        ds,
+        {"train": ds},
+        cfg.replace(eval_batch_size=3),
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert again["train"].shape == (1, 3, 40)
+
+
+def test_divergence_leaves_nothing_marked_complete(tmp_path):
+    ds, model = small_mlp_problem()
+    cfg = SGLDConfig(
+        step_size=10.0,
+        nbeta=100.0,
+        localization=0.0,
+        num_chains=1,
+        num_draws=5,
+        burn_in=0,
+        batch_size=16,
+    )
+    with pytest.raises(SamplerDivergedError):
+        sample_loss_traces(model, ce_loss, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "diverged"
+    assert "diverged" in manifest["error"]
+    with pytest.raises(RuntimeError, match="not complete"):
+        LossTraces.load(tmp_path)
