@@ -27,9 +27,16 @@ from bifrepro.sampling import ChainDriftWarning, SGLDConfig, sample_loss_traces
 
 def small_cnn() -> torch.nn.Module:
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(32 * 7 * 7, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 7 * 7, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 10),
     )
 
 
@@ -41,8 +48,15 @@ def cnn_loss(model, batch):
 def small_transformer(vocab: int = 512) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg)
 
@@ -88,8 +102,14 @@ def sampler_per_draw(model, loss_fn, train, observed, cfg: SGLDConfig, draws: in
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ChainDriftWarning)
-            sample_loss_traces(model, loss_fn, train, {f"o{i}": ds for i, ds in enumerate(observed)},
-                               c, progress=False)
+            sample_loss_traces(
+                model,
+                loss_fn,
+                train,
+                {f"o{i}": ds for i, ds in enumerate(observed)},
+                c,
+                progress=False,
+            )
         return time.perf_counter() - start
 
     short, long = max(3, draws // 5), draws
@@ -126,16 +146,32 @@ def main() -> None:
     x = torch.randn(2120, 1, 28, 28)
     y = torch.randint(0, 10, (2120,))
     train, query = TensorDataset(x[:2000], y[:2000]), TensorDataset(x[2000:], y[2000:])
-    cfg = SGLDConfig(step_size=1e-6, nbeta=100.0, localization=100.0, num_chains=1, burn_in=0,
-                     batch_size=64, eval_batch_size=256)
-    r1 = bench_case("small CNN", small_cnn(), cnn_loss, train, [train, query], cfg, args.draws,
-                    args.repeats)
+    cfg = SGLDConfig(
+        step_size=1e-6,
+        nbeta=100.0,
+        localization=100.0,
+        num_chains=1,
+        burn_in=0,
+        batch_size=64,
+        eval_batch_size=256,
+    )
+    r1 = bench_case(
+        "small CNN", small_cnn(), cnn_loss, train, [train, query], cfg, args.draws, args.repeats
+    )
 
     ids = torch.randint(0, 512, (288, 64))
     train, query = TensorDataset(ids[:256]), TensorDataset(ids[256:])
     cfg = cfg.replace(batch_size=16, eval_batch_size=64)
-    r2 = bench_case("transformer", small_transformer(), lm_token_loss, train, [train, query], cfg,
-                    max(10, args.draws // 2), args.repeats)
+    r2 = bench_case(
+        "transformer",
+        small_transformer(),
+        lm_token_loss,
+        train,
+        [train, query],
+        cfg,
+        max(10, args.draws // 2),
+        args.repeats,
+    )
     worst = max(r1, r2)
     print(f"worst ratio {worst:.3f}: {'OK' if worst <= 1.10 else 'ABOVE TARGET'} (target <= 1.10)")
 

@@ -35,8 +35,16 @@ def main() -> dict[str, float]:
         xb, yb = batch
         return 0.5 * (yb - m(xb).squeeze(-1)) ** 2
 
-    config = SGLDConfig(step_size=1e-3, nbeta=100.0, localization=20.0, num_chains=4,
-                        num_draws=1500, burn_in=200, thinning=4, batch_size=n)
+    config = SGLDConfig(
+        step_size=1e-3,
+        nbeta=100.0,
+        localization=20.0,
+        num_chains=4,
+        num_draws=1500,
+        burn_in=200,
+        thinning=4,
+        batch_size=n,
+    )
     data = TensorDataset(x, y)
     traces = sample_loss_traces(model, loss_fn, data, {"train": data}, config)
     estimate = bif_scores(traces["train"], traces["train"], "covariance", dtype=torch.float64)
@@ -46,8 +54,10 @@ def main() -> dict[str, float]:
     exact = r[:, None] * r[None, :] * s + 0.5 * s**2
     rel = float(torch.linalg.norm(estimate - exact) / torch.linalg.norm(exact))
     corr = float(torch.corrcoef(torch.stack([estimate.flatten(), exact.flatten()]))[0, 1])
-    print(f"BIF covariance vs exact Gaussian posterior: relative error {rel:.3f}, "
-          f"entry-wise correlation {corr:.4f}")
+    print(
+        f"BIF covariance vs exact Gaussian posterior: relative error {rel:.3f}, "
+        f"entry-wise correlation {corr:.4f}"
+    )
     print(traces.diagnostics.summary())
     return {"relative_error": rel, "correlation": corr}
 
