@@ -1,5 +1,48 @@
-"""Attribution methods. Every score is ``[n_query, n_train]`` with positive = helpful."""
+"""Attribution methods behind one interface. Every score is ``[n_query, n_train]``, positive = helpful.
 
+* :func:`bif_scores` — the BIF estimator on recorded loss traces (covariance or correlation).
+* :class:`AttributionTask` (what is measured) and :class:`Attributor` (``fit`` then ``score``), with
+  adapters for BIF, EK-FAC (kronfluence), TRAK (traker), GradSim and exact influence, built from a
+  Hydra ``method`` config by :func:`build_attributor`. kronfluence and traker are imported only when
+  their method is built.
+"""
+
+from bifrepro.attribution.base import (
+    AttributionTask,
+    Attributor,
+    CausalLMTask,
+    ClassificationTask,
+)
 from bifrepro.attribution.bif import bif_scores
+from bifrepro.attribution.bif_method import BIFAttributor
+from bifrepro.attribution.configs import (
+    BIFMethodConfig,
+    EKFACConfig,
+    ExactIFConfig,
+    GradSimConfig,
+    MethodConfig,
+    TRAKConfig,
+    register_method_configs,
+)
+from bifrepro.attribution.registry import METHODS, build_attributor
+from bifrepro.attribution.timing import AttributionTimings, measure_phase
 
-__all__ = ["bif_scores"]
+__all__ = [
+    "bif_scores",
+    "AttributionTask",
+    "Attributor",
+    "CausalLMTask",
+    "ClassificationTask",
+    "BIFAttributor",
+    "MethodConfig",
+    "BIFMethodConfig",
+    "EKFACConfig",
+    "TRAKConfig",
+    "GradSimConfig",
+    "ExactIFConfig",
+    "register_method_configs",
+    "METHODS",
+    "build_attributor",
+    "AttributionTimings",
+    "measure_phase",
+]

@@ -43,6 +43,7 @@ def bif_scores(
     normalize: str = "correlation",
     block_size: int | None = None,
     dtype: torch.dtype = torch.float32,
+    detrend: bool = False,
 ) -> torch.Tensor:
     """BIF scores between every query and every training item (positive = helpful).
 
@@ -55,6 +56,10 @@ def bif_scores(
         block_size: training columns processed at once (default: ~256 MB of centred traces);
             only one block of centred training traces exists at a time.
         dtype: dtype of the matrix product (centring is done in float64 first).
+        detrend: remove each chain's linear trend through its draws first (per item; see
+            :func:`bifrepro.sampling.health.detrend_traces`), so a drifting chain's shared trend
+            does not masquerade as influence. Report its effect with
+            :func:`bifrepro.sampling.health.detrend_effect`.
 
     Returns:
         ``[n_query(, T_q), n_train(, T_t)]``: all chains and draws are stacked as one sample.
@@ -66,6 +71,10 @@ def bif_scores(
             "query and train traces must come from the same draws: got [chains, draws] "
             f"{tuple(query_traces.shape[:2])} vs {tuple(train_traces.shape[:2])}"
         )
+    if detrend:
+        from bifrepro.sampling.health import detrend_traces  # lazy: no import cycle
+
+        query_traces, train_traces = detrend_traces(query_traces), detrend_traces(train_traces)
     q, q_shape = _flatten(query_traces, "query")
     t, t_shape = _flatten(train_traces, "train")
     n_samples = q.shape[0]

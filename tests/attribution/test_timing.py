@@ -1,0 +1,42 @@
+"""Wall time and peak memory per phase."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from bifrepro.attribution.timing import AttributionTimings, PhaseTiming, measure_phase
+
+
+def test_measure_phase_sees_time_and_a_transient_allocation() -> None:
+    with measure_phase() as record:
+        big = torch.ones(200 * 2**20 // 4)  # 200 MB, touched, then freed inside the phase
+        big.add_(1.0)
+        time.sleep(0.05)
+        del big
+    assert record.seconds >= 0.05
+    assert record.peak_rss_mb >= 150, record.peak_rss_mb
+    assert record.peak_rss_total_mb >= record.peak_rss_mb
+    assert record.calls == 1
+    if not torch.cuda.is_available():
+        assert math.isnan(record.peak_cuda_mb)
+
+
+def test_a_phase_that_allocates_nothing_reports_little() -> None:
+    with measure_phase() as record:
+        sum(range(1000))
+    assert record.peak_rss_mb < 50
+
+
+def test_accumulation_and_metrics() -> None:
+    timings = AttributionTimings()
+    timings.score.add(PhaseTiming(seconds=1.0, peak_rss_mb=10.0, calls=1))
+    timings.score.add(PhaseTiming(seconds=2.0, peak_rss_mb=5.0, calls=1))
+    assert timings.score.seconds == 3.0 and timings.score.peak_rss_mb == 10.0
+    assert timings.score.calls == 2
+    metrics = timings.to_metrics("m/")
+    assert metrics["m/score_seconds"] == 3.0 and metrics["m/total_seconds"] == 3.0
+    assert "m/score_peak_cuda_mb" not in metrics  # NaN (no GPU use) is left out
+    assert "score 3.00 s" in timings.summary()
