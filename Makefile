@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export HYDRA_FULL_ERROR := 1
 
 .PHONY: help install test test-slow lint format bench demo reproduce mlflow-ui clean \
-        reproduce-toy sweep-toy
+        reproduce-toy sweep-toy sweep-sampler-toy reproduce-language
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,13 +48,21 @@ bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-language  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
 
+reproduce-language: $(STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
+	$(PY) -m experiments.language experiment=language
+	$(PY) bench/bench_devinterp.py
+
 sweep-toy: $(STAMP)  ## Multirun sweep of the toy over localization and nbeta (parent/child MLflow runs)
 	$(PY) -m experiments.toy_hierarchy -m experiment=toy_sweep
+
+sweep-sampler-toy: $(STAMP)  ## SGLD grid (step size x gamma x nbeta) on the toy + summary figure (~10 min)
+	$(PY) -m experiments.toy_hierarchy -m hydra/sweeper=sampler_grid experiment.num_checkpoints=12 sampler.num_draws=200
+	$(PY) -m bifrepro.plots.calibration "$$(ls -td multirun/toy_hierarchy/*/ | head -1)" --metric spearman_bif_loo_mean
 
 mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:5000 against results/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000

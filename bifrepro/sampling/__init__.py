@@ -1,5 +1,13 @@
 """Local SGLD sampling around trained weights and the loss traces it records."""
 
+from bifrepro.sampling.calibration import (
+    CalibrationConfig,
+    CalibrationError,
+    CalibrationReport,
+    calibrate,
+    calibrate_report,
+    resolve_sampler,
+)
 from bifrepro.sampling.config import SGLDConfig
 from bifrepro.sampling.diagnostics import (
     ChainDiagnostics,
@@ -8,7 +16,22 @@ from bifrepro.sampling.diagnostics import (
     split_rhat,
     trend_tstat,
 )
+from bifrepro.sampling.health import (
+    HealthReport,
+    HealthThresholds,
+    assess_chains,
+    assess_traces,
+    detrend_effect,
+    detrend_traces,
+    effective_sample_size,
+)
 from bifrepro.sampling.sampler import LossFn, sample_loss_traces
+from bifrepro.sampling.uncertainty import (
+    ScoreUncertainty,
+    bif_standard_errors,
+    draws_needed,
+    topk_with_uncertainty,
+)
 from bifrepro.traces import LossTraces, TraceStoreMismatchError
 
 __all__ = [
@@ -22,4 +45,21 @@ __all__ = [
     "TraceStoreMismatchError",
     "split_rhat",
     "trend_tstat",
+    "CalibrationConfig",
+    "CalibrationError",
+    "CalibrationReport",
+    "calibrate",
+    "calibrate_report",
+    "resolve_sampler",
+    "HealthReport",
+    "HealthThresholds",
+    "assess_chains",
+    "assess_traces",
+    "detrend_effect",
+    "detrend_traces",
+    "effective_sample_size",
+    "ScoreUncertainty",
+    "bif_standard_errors",
+    "draws_needed",
+    "topk_with_uncertainty",
 ]

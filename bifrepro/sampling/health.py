@@ -1,0 +1,597 @@
+"""Chain-health rules: pure functions deciding whether SGLD loss traces can be trusted for BIF.
+
+:class:`~bifrepro.sampling.diagnostics.ChainDiagnostics` records what happened in a run (trend
+t-statistics, split R-hat, distances, losses); this module turns those numbers, plus statistics of
+the recorded item traces, into named pass/fail checks with the threshold and the reason next to
+each. The same rules judge the calibration pilots (:mod:`bifrepro.sampling.calibration`) and every
+real BIF run (:func:`assess_chains`).
+
+The rules (defaults in :class:`HealthThresholds`)
+--------------------------------------------------
+``trend``
+    No chain's mean observed loss has a significant linear trend (AR(1)-corrected ``|t| > 4``)
+    whose fitted change *over the run being judged* exceeds 0.5 residual standard deviations. For a
+    pilot, the slope is extrapolated to the real run's length: a slow drift invisible in a short
+    pilot still counts if it would move the loss by that much over the full run.
+``rhat``
+    Split R-hat of the pooled mean loss across chains ``<= 1.1`` (chains agree).
+``ess``
+    Effective sample size (multi-chain, Geyer's initial monotone sequence on the autocorrelations,
+    :func:`effective_sample_size`) of the recorded per-item traces, median over items, projected to
+    the real run's ``chains × draws``, ``>= min(100, 0.25 · chains × draws)`` (a small run needs an
+    autocorrelation time of at most 4 draws). Too small a step size fails here: its chains barely
+    move between draws.
+``distance``
+    Mean squared distance ``E||w - w*||²`` over draws ``<= slack · d / (γ·(1 - εγ/4))``. Derivation:
+    near a minimum the local posterior is ``N(w*, Σ)`` with ``Σ = (nβH + γI)⁻¹``; with ``H ⪰ 0``
+    every eigenvalue of ``Σ`` is ``<= 1/γ``, so ``E||w - w*||² = tr Σ <= d/γ`` (equality for the
+    Gaussian prior alone, ``H = 0``). Full-batch SGLD with step ε is an AR(1) process per
+    eigendirection with precision ``a``; its stationary variance is ``1/(a·(1 - εa/4))`` (stable
+    for ``εa < 4``), which for ``εa <= 2`` is largest at ``a = γ``, giving the bound above. Chains
+    beyond it are heated by minibatch gradient noise, run close to the stability edge
+    (``ε·λ_max(nβH + γI)`` near 4), or escape along negative curvature (w* not a minimum). Not
+    applicable for ``γ = 0``; ``εγ >= 4`` fails outright (the prior step alone is unstable).
+``loss``
+    The loss rise stays bounded: ``λ̂ = nβ·(E_draws[L] - L(w*)) <= slack · d/2``. ``λ̂`` is the
+    local learning coefficient estimator (the quadratic approximation gives
+    ``E[nβ ΔL] = ½ Σ_i nβh_i/(nβh_i + γ) <= d/2``; singular models have a smaller λ), measured on
+    the observed training items. The SGLD divergence guard (``SamplerDivergedError``) covers blow-ups.
+``trend_share``
+    Share of the item-trace covariance explained by per-chain linear trends,
+    ``||C - C_detrended||_F / ||C||_F <= 0.5`` — directly the damage a drift would do to BIF
+    (reported Pythia-70m runs: 88–99%).
+
+All rules must pass for a run to be healthy. Thresholds are fields of :class:`HealthThresholds`
+(OmegaConf-compatible, so they sit in Hydra configs). :func:`assess_traces` judges a finished run;
+:func:`detrend_traces` / :func:`detrend_effect` remove per-chain linear trends and report what
+that changes in the scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bifrepro.sampling.diagnostics import (
+    RHAT_THRESHOLD,
+    TREND_EFFECT_THRESHOLD,
+    TREND_T_THRESHOLD,
+    ChainDiagnostics,
+    split_rhat,
+    trend_tstat,
+)
+
+__all__ = [
+    "HealthThresholds",
+    "HealthCheck",
+    "HealthReport",
+    "autocorrelation",
+    "effective_sample_size",
+    "integrated_autocorrelation_time",
+    "detrend_traces",
+    "trend_share",
+    "distance_bound",
+    "check_trend",
+    "check_rhat",
+    "check_ess",
+    "check_distance",
+    "check_loss",
+    "check_trend_share",
+    "assess_chains",
+    "assess_traces",
+    "detrend_effect",
+    "item_traces",
+]
+
+
+@dataclass
+class HealthThresholds:
+    """Thresholds of the chain-health rules (see the module docstring for each rule)."""
+
+    #: |t| above which a chain's loss trend is significant (AR(1)-corrected).
+    max_trend_t: float = TREND_T_THRESHOLD
+    #: ...and the fitted change over the judged run, in residual stds, that makes it a drift.
+    max_trend_effect: float = TREND_EFFECT_THRESHOLD
+    #: Largest acceptable split R-hat of the pooled loss across chains.
+    max_rhat: float = RHAT_THRESHOLD
+    #: Smallest acceptable effective sample size (median over items) of the real run...
+    min_ess: float = 100.0
+    #: ...or this fraction of its chains × draws, whichever is smaller (small runs: τ <= 4).
+    min_ess_fraction: float = 0.25
+    #: E||w-w*||² may exceed the Gaussian bound d/(γ(1-εγ/4)) by at most this factor.
+    distance_slack: float = 1.5
+    #: λ̂ = nβ·ΔL may exceed d/2 by at most this factor.
+    loss_slack: float = 2.0
+    #: Largest acceptable share of the item covariance explained by per-chain linear trends.
+    max_trend_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"HealthThresholds.{name}={value!r} is invalid: must be > 0")
+
+
+@dataclass
+class HealthCheck:
+    """One rule's outcome: the statistic, its limit and whether it passed."""
+
+    name: str
+    value: float
+    limit: float
+    passed: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'ok' if self.passed else 'FAIL'} ({self.detail})"
+
+
+@dataclass
+class HealthReport:
+    """All rule outcomes of one run (or pilot) plus the statistics behind them."""
+
+    checks: list[HealthCheck]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_healthy(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[HealthCheck]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def reasons(self) -> list[str]:
+        """One human-readable reason per failed rule (empty when healthy)."""
+        return [f"{c.name}: {c.detail}" for c in self.failed]
+
+    def summary(self) -> str:
+        """One line: verdict, then every rule with its value and limit."""
+        verdict = "healthy" if self.is_healthy else "UNHEALTHY"
+        parts = [f"{c.name} {'ok' if c.passed else 'FAIL'} {c.detail}" for c in self.checks]
+        return f"chains {verdict}: " + "; ".join(parts)
+
+    def to_metrics(self, prefix: str = "health/") -> dict[str, float]:
+        """Flat float metrics for MLflow: verdict, each rule's pass flag and every statistic."""
+        out = {f"{prefix}healthy": float(self.is_healthy)}
+        for c in self.checks:
+            out[f"{prefix}{c.name}_ok"] = float(c.passed)
+        for k, v in self.stats.items():
+            out[f"{prefix}{k}"] = float(v)
+        return out
+
+    def to_row(self) -> dict[str, Any]:
+        """One table row: statistics, per-rule pass flags, verdict and reasons."""
+        row: dict[str, Any] = dict(self.stats)
+        for c in self.checks:
+            row[f"{c.name}_ok"] = c.passed
+        row["healthy"] = self.is_healthy
+        row["reasons"] = "; ".join(self.reasons)
+        return row
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def autocorrelation(x: torch.Tensor) -> torch.Tensor:
+    """Autocorrelation of each series along the last dimension (biased, FFT; lag 0 = 1).
+
+    Constant series get 1 at lag 0 and 0 elsewhere.
+    """
+    acov = _autocovariance(x.double())
+    var = acov[..., :1]
+    out = torch.where(var > 0, acov / var.clamp_min(1e-300), torch.zeros_like(acov))
+    out[..., 0] = 1.0
+    return out
+
+
+def _autocovariance(x: torch.Tensor) -> torch.Tensor:
+    """Biased autocovariance (divide by n) along the last dim, via zero-padded FFT."""
+    n = x.shape[-1]
+    xc = x - x.mean(-1, keepdim=True)
+    nfft = 1 << (2 * n - 1).bit_length()
+    f = torch.fft.rfft(xc, n=nfft)
+    return torch.fft.irfft(f * f.conj(), n=nfft)[..., :n] / n
+
+
+def integrated_autocorrelation_time(x: torch.Tensor) -> torch.Tensor:
+    """Integrated autocorrelation time τ of ``[chains, draws(, ...)]`` traces (one per item).
+
+    Multi-chain estimator of Vehtari et al. (2021, the one Stan uses): autocorrelations are
+    combined across chains through the within- and between-chain variances (so chains that
+    disagree lower the ESS), then summed with Geyer's initial monotone sequence rule: pairs
+    ``P_k = ρ_2k + ρ_2k+1`` are summed until the first non-positive pair, each capped by the
+    previous one; ``τ = -1 + 2·Σ P_k``. Returns ``[...]`` (a 0-dim tensor for ``[C, D]`` input);
+    NaN for a constant item.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"traces must be [chains, draws(, ...)], got shape {tuple(x.shape)}")
+    c, n = x.shape[0], x.shape[1]
+    if n < 4:
+        raise ValueError(f"need at least 4 draws per chain to estimate τ, got {n}")
+    item_shape = x.shape[2:]
+    y = x.double().reshape(c, n, -1).permute(2, 0, 1)  # [m, C, D]
+    acov = _autocovariance(y)  # [m, C, D]
+    chain_var = acov[..., 0] * n / (n - 1)
+    within = chain_var.mean(-1)  # W, [m]
+    var_plus = within * (n - 1) / n
+    if c > 1:
+        var_plus = var_plus + y.mean(-1).var(-1, unbiased=True)
+    rho = 1.0 - (within.unsqueeze(-1) - acov.mean(1)) / var_plus.clamp_min(1e-300).unsqueeze(-1)
+    rho[..., 0] = 1.0
+    k = (n - 4) // 2 + 1 if n >= 6 else n // 2
+    pairs = rho[..., 0 : 2 * k : 2] + rho[..., 1 : 2 * k : 2]  # [m, K]
+    positive = torch.cumprod((pairs > 0).double(), dim=-1)
+    monotone = torch.cummin(pairs, dim=-1).values
+    tau = -1.0 + 2.0 * (monotone * positive).sum(-1)
+    # Antithetic chains can give τ < 1; cap the ESS at C·n·log10(C·n) as Stan does.
+    tau = tau.clamp_min(1.0 / math.log10(max(c * n, 10)))
+    tau = torch.where(var_plus > 0, tau, torch.full_like(tau, math.nan))
+    return tau.reshape(item_shape)
+
+
+def effective_sample_size(x: torch.Tensor) -> torch.Tensor:
+    """Effective sample size ``C·D/τ`` of ``[chains, draws(, ...)]`` traces, per item.
+
+    See :func:`integrated_autocorrelation_time`. For a stationary AR(1) chain with coefficient ρ
+    the ESS is ``n·(1-ρ)/(1+ρ)``.
+    """
+    c, n = x.shape[0], x.shape[1]
+    return c * n / integrated_autocorrelation_time(x)
+
+
+def detrend_traces(traces: Any) -> Any:
+    """Remove each chain's least-squares linear trend through its draws, item by item.
+
+    Args:
+        traces: a ``[chains, draws, ...]`` tensor, or a :class:`~bifrepro.traces.LossTraces`
+            (every observable is detrended; its diagnostics are kept, since they describe the
+            raw run).
+
+    Returns:
+        The same kind of object with ``x - slope·(t - t̄)`` per chain and item: each chain's mean
+        is kept (differences between chains stay visible), only its linear drift is removed.
+    """
+    from bifrepro.traces import LossTraces
+
+    if isinstance(traces, LossTraces):
+        data = {name: detrend_traces(traces[name]) for name in traces.names}
+        return LossTraces(data, traces.diagnostics, traces.config, traces.init_losses)
+    if not isinstance(traces, torch.Tensor) or traces.dim() < 2:
+        raise ValueError("detrend_traces needs a [chains, draws, ...] tensor or LossTraces")
+    n = traces.shape[1]
+    if n < 2:
+        return traces.clone()
+    x = traces.double()
+    t = torch.arange(n, dtype=torch.float64)
+    tc = (t - t.mean()).reshape(1, n, *([1] * (x.dim() - 2)))
+    slope = (x * tc).sum(1, keepdim=True) / (tc * tc).sum()
+    out = x - slope * tc
+    return out.to(traces.dtype) if traces.dtype.is_floating_point else out
+
+
+def trend_share(traces: torch.Tensor, other: torch.Tensor | None = None) -> float:
+    """``||C - C_detrended||_F / ||C||_F`` for the item covariance ``C`` of ``[C, D, m]`` traces.
+
+    With ``other`` the cross-covariance between the two sets of traces is used (e.g. queries
+    against training items). 0: trends play no part; near 1: the covariance is mostly shared trend.
+    """
+    a, da = _items(traces), _items(detrend_traces(traces))
+    if other is None:
+        b, db = a, da
+    else:
+        b, db = _items(other), _items(detrend_traces(other))
+    raw = _cov(a, b)
+    det = _cov(da, db)
+    norm = torch.linalg.matrix_norm(raw)
+    if norm <= 0:
+        return 0.0
+    return float(torch.linalg.matrix_norm(raw - det) / norm)
+
+
+def _items(x: torch.Tensor) -> torch.Tensor:
+    """``[C, D, ...]`` → ``[C·D, m]`` float64 samples × items."""
+    return x.double().reshape(x.shape[0] * x.shape[1], -1)
+
+
+def _cov(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ac = a - a.mean(0, keepdim=True)
+    bc = b - b.mean(0, keepdim=True)
+    return ac.T @ bc / max(a.shape[0] - 1, 1)
+
+
+def item_traces(x: torch.Tensor) -> torch.Tensor:
+    """``[C, D, n(, T)]`` → ``[C, D, n]``: per-token traces averaged over their token axis."""
+    if x.dim() <= 3:
+        return x
+    return x.double().reshape(x.shape[0], x.shape[1], x.shape[2], -1).mean(-1)
+
+
+def distance_bound(num_params: int, localization: float, step_size: float) -> float:
+    """``d / (γ·(1 - εγ/4))``: bound on ``E||w - w*||²`` (see the module docstring).
+
+    ``inf`` when γ = 0 (no bound) or εγ >= 4 (the prior step alone is unstable).
+    """
+    if localization <= 0:
+        return math.inf
+    inflation = 1.0 - step_size * localization / 4.0
+    if inflation <= 0:
+        return math.inf
+    return num_params / (localization * inflation)
+
+
+# -- rules --------------------------------------------------------------------------------------
+
+
+def check_trend(
+    pooled_loss: torch.Tensor,
+    thresholds: HealthThresholds | None = None,
+    target_draws: int | None = None,
+) -> tuple[HealthCheck, dict[str, float]]:
+    """Drift rule on ``[C, D]`` mean losses; the trend's effect is projected to ``target_draws``."""
+    th = thresholds or HealthThresholds()
+    n = pooled_loss.shape[1]
+    slope, tstat, effect = trend_tstat(pooled_loss)
+    scale = 1.0 if target_draws is None or n < 2 else (target_draws - 1) / (n - 1)
+    projected = effect * scale
+    drifting = (tstat.abs() > th.max_trend_t) & (projected > th.max_trend_effect)
+    worst = int(tstat.abs().argmax()) if tstat.numel() else 0
+    max_t = float(tstat.abs().max()) if tstat.numel() else 0.0
+    chains = [int(i) for i in torch.nonzero(drifting).flatten()]
+    if chains:
+        direction = "rising" if bool((slope[chains] > 0).all()) else "falling/mixed"
+        detail = (
+            f"chains {chains} drift ({direction}; |t| up to {max_t:.1f} > {th.max_trend_t:g}, "
+            f"change {float(projected[chains].max()):.2f} sd over {target_draws or n} draws)"
+        )
+    else:
+        detail = f"max |t| {max_t:.1f} (chain {worst})"
+    stats = {
+        "trend_max_abs_t": max_t,
+        "trend_max_effect": float(projected.max()) if projected.numel() else 0.0,
+        "num_drifting": float(len(chains)),
+    }
+    return HealthCheck("trend", max_t, th.max_trend_t, not chains, detail), stats
+
+
+def check_rhat(
+    pooled_loss: torch.Tensor, thresholds: HealthThresholds | None = None
+) -> HealthCheck:
+    """Split R-hat of the pooled loss; NaN (too few draws) passes with a note."""
+    th = thresholds or HealthThresholds()
+    rhat = split_rhat(pooled_loss)
+    if math.isnan(rhat):
+        return HealthCheck("rhat", rhat, th.max_rhat, True, "n/a (too few draws)")
+    ok = rhat <= th.max_rhat
+    return HealthCheck("rhat", rhat, th.max_rhat, ok, f"{rhat:.3f} vs <= {th.max_rhat:g}")
+
+
+def check_ess(
+    items: torch.Tensor,
+    thresholds: HealthThresholds | None = None,
+    target_samples: int | None = None,
+) -> tuple[HealthCheck, dict[str, float]]:
+    """ESS rule on ``[C, D, m]`` item traces, projected to ``target_samples`` = chains × draws."""
+    th = thresholds or HealthThresholds()
+    c, n = items.shape[0], items.shape[1]
+    tau = integrated_autocorrelation_time(item_traces(items))
+    tau = tau[torch.isfinite(tau)]
+    if tau.numel() == 0:
+        check = HealthCheck("ess", math.nan, th.min_ess, False, "every item trace is constant")
+        return check, {"tau_median": math.nan, "ess_median": math.nan, "ess_projected": math.nan}
+    tau_med = float(tau.median())
+    samples = target_samples if target_samples is not None else c * n
+    projected = samples / tau_med
+    stats = {
+        "tau_median": tau_med,
+        "tau_max": float(tau.max()),
+        "ess_median": c * n / tau_med,
+        "ess_projected": projected,
+        "ess_per_draw": 1.0 / tau_med,
+    }
+    note = " (τ ≥ draws/5: estimate is a lower bound on τ)" if tau_med * 5 >= n else ""
+    required = min(th.min_ess, th.min_ess_fraction * samples)
+    ok = projected >= required
+    detail = f"ESS {projected:.0f} of {samples} samples (τ {tau_med:.1f}) vs >= {required:g}{note}"
+    return HealthCheck("ess", projected, required, ok, detail), stats
+
+
+def check_distance(
+    distance: torch.Tensor,
+    num_params: int,
+    localization: float,
+    step_size: float,
+    thresholds: HealthThresholds | None = None,
+) -> tuple[HealthCheck, dict[str, float]]:
+    """Localisation rule: ``mean ||w-w*||² <= slack · d/(γ(1-εγ/4))`` over ``[C, D]`` distances."""
+    th = thresholds or HealthThresholds()
+    msd = float((distance.double() ** 2).mean())
+    stats = {"mean_sq_distance": msd, "rms_distance": math.sqrt(msd)}
+    if localization <= 0:
+        stats["distance_ratio"] = math.nan
+        return HealthCheck("distance", math.nan, math.nan, True, "n/a (γ = 0)"), stats
+    if step_size * localization >= 4:
+        stats["distance_ratio"] = math.inf
+        detail = f"εγ = {step_size * localization:.3g} >= 4: the prior step alone is unstable"
+        return HealthCheck("distance", math.inf, th.distance_slack, False, detail), stats
+    ratio = msd / distance_bound(num_params, localization, step_size)
+    stats["distance_ratio"] = ratio
+    ok = ratio <= th.distance_slack
+    detail = f"E|w-w*|² = {ratio:.3g}× the Gaussian bound d/(γ(1-εγ/4)) vs <= {th.distance_slack:g}"
+    return HealthCheck("distance", ratio, th.distance_slack, ok, detail), stats
+
+
+def check_loss(
+    mean_loss: float,
+    init_loss: float,
+    nbeta: float,
+    num_params: int,
+    thresholds: HealthThresholds | None = None,
+) -> tuple[HealthCheck, dict[str, float]]:
+    """Bounded-loss rule: ``λ̂ = nβ·(mean loss over draws - loss at w*) <= slack · d/2``."""
+    th = thresholds or HealthThresholds()
+    llc = nbeta * (mean_loss - init_loss)
+    ratio = llc / (num_params / 2.0)
+    stats = {"llc": llc, "llc_ratio": ratio, "loss_increase": mean_loss - init_loss}
+    finite = math.isfinite(llc)
+    ok = finite and ratio <= th.loss_slack
+    detail = f"λ̂ = nβ·ΔL = {llc:.3g} = {ratio:.3g}·d/2 vs <= {th.loss_slack:g}·d/2"
+    return HealthCheck("loss", ratio, th.loss_slack, ok, detail), stats
+
+
+def check_trend_share(
+    items: torch.Tensor, thresholds: HealthThresholds | None = None
+) -> tuple[HealthCheck, dict[str, float]]:
+    """Share of the ``[C, D, m]`` item covariance that per-chain linear trends explain."""
+    th = thresholds or HealthThresholds()
+    share = trend_share(item_traces(items))
+    ok = share <= th.max_trend_share
+    detail = f"{share:.0%} of the item covariance is per-chain trend vs <= {th.max_trend_share:.0%}"
+    return HealthCheck("trend_share", share, th.max_trend_share, ok, detail), {"trend_share": share}
+
+
+def assess_chains(
+    diagnostics: ChainDiagnostics,
+    traces: Mapping[str, torch.Tensor] | torch.Tensor | None,
+    *,
+    num_params: int,
+    step_size: float,
+    nbeta: float,
+    localization: float,
+    loss_observable: str | None = "train",
+    thresholds: HealthThresholds | None = None,
+    target_draws: int | None = None,
+    target_chains: int | None = None,
+) -> HealthReport:
+    """Apply every health rule to one run (or pilot) and return the verdict with the evidence.
+
+    Args:
+        diagnostics: the run's :class:`ChainDiagnostics` (trend and R-hat on the pooled loss,
+            distances, losses at w*).
+        traces: the recorded item traces — a ``{name: [C, D, n(, T)]}`` mapping (e.g.
+            :class:`~bifrepro.traces.LossTraces`; every observable's items are used) or one tensor.
+            ``None`` skips the ESS and trend-share rules.
+        num_params: number of sampled parameters ``d``.
+        step_size, nbeta, localization: the sampler's ε, nβ and γ.
+        loss_observable: observable whose loss rise gives ``λ̂`` (the training items); if absent,
+            all observables pooled.
+        thresholds: rule thresholds.
+        target_draws, target_chains: size of the run being vouched for (default: this one). A pilot
+            passes the real run's size so trend and ESS are projected to it.
+    """
+    th = thresholds or HealthThresholds()
+    pooled = diagnostics.pooled_loss()
+    c, d = pooled.shape
+    checks: list[HealthCheck] = []
+    stats: dict[str, float] = {}
+
+    trend, s = check_trend(pooled, th, target_draws)
+    checks.append(trend)
+    stats.update(s)
+    rhat = check_rhat(pooled, th)
+    checks.append(rhat)
+    stats["rhat"] = rhat.value
+    if traces is not None:
+        if isinstance(traces, torch.Tensor):
+            items = item_traces(traces)
+        else:
+            items = torch.cat([item_traces(traces[k]).double() for k in traces], dim=2)
+        if items.shape[1] >= 4:
+            samples = (target_chains or c) * (target_draws or d)
+            ess, s = check_ess(items, th, samples)
+            checks.append(ess)
+            stats.update(s)
+        share, s = check_trend_share(items, th)
+        checks.append(share)
+        stats.update(s)
+    dist, s = check_distance(diagnostics.distance, num_params, localization, step_size, th)
+    checks.append(dist)
+    stats.update(s)
+    if loss_observable is not None and loss_observable in diagnostics.observed_loss:
+        mean_loss = float(diagnostics.observed_loss[loss_observable].mean())
+        init = diagnostics.init_loss[loss_observable]
+    else:
+        mean_loss = float(pooled.mean())
+        init = sum(diagnostics.init_loss.values()) / max(len(diagnostics.init_loss), 1)
+    loss, s = check_loss(mean_loss, init, nbeta, num_params, th)
+    checks.append(loss)
+    stats.update(s)
+    return HealthReport(checks, stats)
+
+
+def assess_traces(
+    traces: Any,
+    num_params: int,
+    thresholds: HealthThresholds | None = None,
+    observables: list[str] | None = None,
+    max_items: int | None = 256,
+) -> HealthReport:
+    """Health verdict of a finished BIF run (:class:`~bifrepro.traces.LossTraces`).
+
+    The sampler settings come from ``traces.config``; ``num_params`` is the number of sampled
+    parameters (``sum(p.numel() for p in model.parameters() if p.requires_grad)``). The ESS and
+    trend-share rules use the first ``max_items`` items of each observable in ``observables``
+    (default: all), which keeps the check cheap for large runs. Log ``report.to_metrics()`` and
+    ``report.summary()`` next to the scores, and flag the results when ``not report.is_healthy``.
+    """
+    cfg = traces.config
+    names = observables if observables is not None else traces.names
+    items = {n: traces[n][:, :, :max_items] if max_items else traces[n] for n in names}
+    eff = cfg.step_size / cfg.rmsprop_eps if cfg.preconditioner == "rmsprop" else cfg.step_size
+    return assess_chains(
+        traces.diagnostics,
+        items,
+        num_params=num_params,
+        step_size=eff,
+        nbeta=cfg.nbeta,
+        localization=cfg.localization,
+        thresholds=thresholds,
+    )
+
+
+def detrend_effect(
+    query_traces: torch.Tensor,
+    train_traces: torch.Tensor,
+    normalize: str = "correlation",
+    k: int = 10,
+) -> dict[str, float]:
+    """What removing per-chain linear trends does to BIF scores (for reporting next to them).
+
+    Returns ``trend_share`` (``||C - C_detrended||_F/||C||_F`` of the query × train
+    cross-covariance), ``mean_abs_change`` (mean |score change|), ``topk_overlap`` (mean share of
+    each query's top-``k`` training items that stay in the top-``k``) and ``score_correlation``
+    (mean per-query Pearson correlation between the raw and detrended score rows).
+    """
+    from bifrepro.attribution.bif import bif_scores  # lazy: attribution imports sampling
+
+    raw = bif_scores(query_traces, train_traces, normalize=normalize, dtype=torch.float64)
+    det = bif_scores(
+        detrend_traces(query_traces),
+        detrend_traces(train_traces),
+        normalize=normalize,
+        dtype=torch.float64,
+    )
+    raw2 = raw.reshape(-1, raw.shape[-1]) if raw.dim() != 2 else raw
+    det2 = det.reshape(-1, det.shape[-1]) if det.dim() != 2 else det
+    kk = min(k, raw2.shape[1])
+    top_raw = raw2.topk(kk, dim=1).indices
+    top_det = det2.topk(kk, dim=1).indices
+    overlap = torch.tensor(
+        [len(set(a.tolist()) & set(b.tolist())) / kk for a, b in zip(top_raw, top_det, strict=True)]
+    )
+    rc = raw2 - raw2.mean(1, keepdim=True)
+    dc = det2 - det2.mean(1, keepdim=True)
+    denom = torch.linalg.vector_norm(rc, dim=1) * torch.linalg.vector_norm(dc, dim=1)
+    corr = torch.where(
+        denom > 0, (rc * dc).sum(1) / denom.clamp_min(1e-300), torch.ones_like(denom)
+    )
+    return {
+        "trend_share": trend_share(query_traces, train_traces),
+        "mean_abs_change": float((raw - det).abs().mean()),
+        "topk_overlap": float(overlap.mean()),
+        "score_correlation": float(corr.mean()),
+    }

@@ -1,0 +1,306 @@
+"""Calibration on linear regression, where the stable step sizes are known: ε < 4/λ_max(nβH + γI)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import TensorDataset
+
+from bifrepro.sampling import SGLDConfig, sample_loss_traces
+from bifrepro.sampling.calibration import (
+    CalibrationConfig,
+    CalibrationError,
+    calibrate,
+    calibrate_report,
+    resolve_sampler,
+    run_cost,
+)
+from bifrepro.sampling.health import HealthThresholds, assess_traces
+from tests.sampling._models import mse_loss, regression_problem
+
+NBETA, GAMMA = 100.0, 20.0
+
+
+@pytest.fixture(scope="module")
+def problem():
+    x, y, model = regression_problem(n=40, d=3)
+    hessian = x.T @ x / len(x)  # of the mean loss ½(y - xᵀw)²
+    lam_max = float(torch.linalg.eigvalsh(NBETA * hessian + GAMMA * torch.eye(3)).max())
+    return TensorDataset(x, y), model, lam_max
+
+
+def _config(**kw) -> SGLDConfig:
+    base = dict(
+        step_size=1e-4,
+        nbeta=NBETA,
+        localization=GAMMA,
+        num_chains=4,
+        num_draws=200,
+        burn_in=50,
+        batch_size=40,  # full batch: the stability limit is exactly 4/λ_max
+        seed=0,
+    )
+    base.update(kw)
+    return SGLDConfig(**base)
+
+
+_GRID = dict(grid_min=1e-5, grid_max=1e-1, grid_points=5, refine_points=2)
+
+
+@pytest.fixture(scope="module")
+def report(problem):
+    data, model, _ = problem
+    cal = CalibrationConfig(exhaustive=True, **_GRID)
+    return calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
+
+
+@pytest.fixture(scope="module")
+def empirical_report(problem):
+    """No curvature pre-filter (only εγ < 4): every candidate runs and the pilots must judge."""
+    data, model, _ = problem
+    cal = CalibrationConfig(
+        exhaustive=True, estimate_curvature=False, max_step_curvature=4.0, **_GRID
+    )
+    return calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
+
+
+def test_curvature_estimate_matches_the_exact_hessian(report, problem):
+    data, _, lam_max = problem
+    x = data.tensors[0]
+    exact = float(torch.linalg.eigvalsh(x.T @ x / len(x)).max())
+    assert report.hessian_top_eigenvalue == pytest.approx(exact, rel=0.01)
+    assert NBETA * report.hessian_top_eigenvalue + GAMMA == pytest.approx(lam_max, rel=0.01)
+    # Steps beyond the curvature limit were rejected without running, with the reason.
+    skipped = report.table[report.table["status"] == "skipped"]
+    assert len(skipped) >= 1
+    assert (skipped["step_size"] * lam_max > report.calibration.max_step_curvature * 0.99).all()
+    assert skipped["reasons"].str.contains("λ_max").all()
+
+
+def test_chooses_the_largest_healthy_step_inside_the_stable_range(report, problem):
+    _, _, lam_max = problem
+    chosen = report.config.step_size
+    assert report.healthy and report.chosen is not None and report.chosen.healthy
+    assert chosen * lam_max < 4, f"ε={chosen} is outside the stable range ε < {4 / lam_max:.3g}"
+    table = report.table
+    assert table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "step_size"].item() == pytest.approx(chosen)
+    # Largest healthy: no healthy candidate has a larger step.
+    assert table.loc[table["healthy"], "step_size"].max() == pytest.approx(chosen)
+    # Everything else the caller set is kept.
+    assert report.config.replace(step_size=1e-4) == _config()
+
+
+def test_unstable_and_too_small_steps_are_rejected_with_reasons(empirical_report, problem):
+    _, _, lam_max = problem
+    report = empirical_report
+    table = report.table.set_index("step_size")
+    # Beyond the stability limit the pilot blows up: reported as diverged.
+    unstable = table[table.index * lam_max > 4]
+    assert len(unstable) >= 1
+    assert (unstable["status"] == "diverged").all()
+    assert unstable["reasons"].str.contains("diverged").all()
+    # The smallest steps barely move the chains: too few effective samples, named as such.
+    tiny = table.loc[1e-5]
+    assert not tiny["healthy"] and "ess" in tiny["reasons"]
+    # Every row carries the evidence behind its verdict.
+    for col in ("trend_max_abs_t", "rhat", "ess_projected", "distance_ratio", "llc", "seconds"):
+        assert col in report.table
+
+
+def test_step_close_to_the_stability_edge_is_flagged_by_the_loss_bound(empirical_report, problem):
+    """Near εa = 4 the discretised chain is far hotter than the posterior: λ̂ exceeds d/2."""
+    _, _, lam_max = problem
+    assert empirical_report.config.step_size * lam_max < 4
+    rows = empirical_report.table[(empirical_report.table["status"] == "ok")]
+    edge = rows[rows["step_size"] * lam_max > 3]
+    assert len(edge) >= 1
+    assert (~edge["healthy"]).all()
+    assert edge["reasons"].str.contains("loss").all()
+
+
+def test_calibration_is_deterministic(problem, report):
+    data, model, _ = problem
+    cal = CalibrationConfig(exhaustive=True, **_GRID)
+    again = calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
+    assert again.config == report.config
+    cols = ["step_size", "status", "healthy", "ess_projected", "llc"]
+    assert again.table[cols].fillna(-1).equals(report.table[cols].fillna(-1))
+
+
+def test_the_chosen_setting_gives_a_healthy_real_run_and_a_bad_one_is_flagged(report, problem):
+    data, model, _ = problem
+    good = sample_loss_traces(model, mse_loss, data, {"train": data}, report.config)
+    verdict = assess_traces(good, num_params=3)
+    assert verdict.is_healthy, verdict.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the drift warning is expected here
+        bad = sample_loss_traces(model, mse_loss, data, {"train": data}, _config(step_size=1e-5))
+    verdict = assess_traces(bad, num_params=3)
+    assert not verdict.is_healthy
+    assert "ess" in {c.name for c in verdict.failed}
+    assert "UNHEALTHY" in verdict.summary()
+
+
+def test_no_healthy_candidate_keeps_the_config_or_raises(problem):
+    data, model, _ = problem
+    # Only unstable steps on the grid (and no pre-filter to reject them unrun).
+    cal = CalibrationConfig(
+        grid_min=0.05,
+        grid_max=0.5,
+        grid_points=2,
+        refine_points=0,
+        estimate_curvature=False,
+        max_step_curvature=100.0,
+    )
+    with pytest.warns(RuntimeWarning, match="NO healthy"):
+        report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
+    assert not report.healthy and report.config == _config()
+    assert "Try" in report.summary() or "diverged" in report.summary()
+    cal.on_failure = "raise"
+    with pytest.raises(CalibrationError, match="NO healthy"):
+        calibrate(model, mse_loss, data, _config(), calibration=cal)
+
+
+def test_prior_only_prefilter_skips_without_running(problem):
+    data, model, _ = problem
+    cal = CalibrationConfig(
+        grid_min=1e-3,
+        grid_max=1.0,
+        grid_points=4,
+        refine_points=0,
+        estimate_curvature=False,
+        max_step_curvature=1.5,
+    )
+    report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
+    skipped = report.table[report.table["status"] == "skipped"]
+    # Without the Hessian estimate only γ enters: ε·γ > 1.5 for ε = 1 and 0.1 with γ = 20.
+    assert sorted(skipped["step_size"].tolist()) == pytest.approx([0.1, 1.0])
+    assert (skipped["cost"] == 0).all() and skipped["reasons"].str.contains("·γ").all()
+
+
+def test_searching_localization_keeps_a_healthy_caller_value(problem):
+    data, model, _ = problem
+    cal = CalibrationConfig(search_localization=True, localization_grid=[1.0, 1e3], **_GRID)
+    report = calibrate_report(model, mse_loss, data, _config(), cal.search, cal)
+    assert report.search == ("step_size", "localization")
+    assert report.config.localization == GAMMA  # closest to the caller's and healthy
+    assert set(report.table["localization"]) == {GAMMA}  # farther values never needed
+
+
+def test_a_window_narrower_than_the_grid_is_found_by_refining_below_the_divergence(problem):
+    data, model, lam_max = problem
+    # Grid 1e-1 (beyond the curvature limit), 1e-3 (mixes too slowly), 1e-5: the healthy window
+    # lies in between.
+    cal = CalibrationConfig(grid_min=1e-5, grid_max=1e-1, grid_points=3, refine_points=2)
+    report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
+    assert report.healthy, report.table[["step_size", "reasons"]]
+    assert report.chosen is not None and report.chosen.stage == "refine"
+    assert 1e-3 < report.config.step_size < 4 / lam_max
+
+
+def test_resolve_sampler_passthrough_and_calibrated(problem, tmp_path):
+    data, model, _ = problem
+    cfg = _config()
+    assert resolve_sampler(cfg, CalibrationConfig(enabled=False), model, mse_loss, data) == (
+        cfg,
+        None,
+    )
+    cal = CalibrationConfig(enabled=True, grid_points=3, **{
+        k: v for k, v in _GRID.items() if k != "grid_points"
+    })  # fmt: skip
+    chosen, report = resolve_sampler(cfg, cal, model, mse_loss, data, out_dir=tmp_path)
+    assert report is not None and chosen == report.config
+    assert chosen.step_size != cfg.step_size
+    for name in ("calibration.csv", "calibration.json", "calibration_summary.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    metrics = report.to_metrics()
+    assert metrics["calibration/step_size"] == chosen.step_size
+    assert 0 < metrics["calibration/cost_fraction"] < math.inf
+
+
+def test_cost_model_and_pilot_budget(problem):
+    cfg = _config(num_chains=4, num_draws=200, burn_in=50, batch_size=10)
+    # 4 chains × (250 steps × 3 × 10 + 200 draws × 100 items)
+    assert run_cost(cfg, n_train=40, n_observed=100) == 4 * (250 * 30 + 200 * 100)
+    assert run_cost(cfg.replace(batch_size=1000), 40, 40) == 4 * (250 * 120 + 200 * 40)
+
+
+def test_calibration_config_validation_and_omegaconf_roundtrip():
+    with pytest.raises(ValueError, match="grid_min"):
+        CalibrationConfig(grid_min=1.0, grid_max=0.1)
+    with pytest.raises(ValueError, match="on_failure"):
+        CalibrationConfig(on_failure="ignore")
+    with pytest.raises(ValueError, match="max_rhat"):
+        HealthThresholds(max_rhat=0)
+    node = OmegaConf.structured(CalibrationConfig(enabled=True))
+    node.thresholds.min_ess = 50.0
+    node.localization_grid = [1.0, 10.0]
+    back = CalibrationConfig.from_mapping(OmegaConf.to_container(node))
+    assert back.enabled and back.thresholds.min_ess == 50.0
+    assert back.localization_grid == [1.0, 10.0]
+    assert CalibrationConfig(search_nbeta=True).search == ("step_size", "nbeta")
+    with pytest.raises(ValueError, match="grid_maxx"):
+        CalibrationConfig.from_mapping({"grid_maxx": 1.0})
+    with pytest.raises(ValueError, match="min_es"):
+        CalibrationConfig.from_mapping({"thresholds": {"min_es": 1.0}})
+
+
+def test_hydra_sampler_auto_turns_calibration_on():
+    from hydra import compose, initialize_config_dir
+
+    import bifrepro.config  # noqa: F401 - registers the harness's schemas
+    from experiments import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        off = compose("config")
+        auto = compose("config", overrides=["sampler=auto", "calibration.grid_min=1e-6"])
+        rms = compose("config", overrides=["sampler=rmsprop_sgld", "calibration=auto"])
+    assert not CalibrationConfig.from_mapping(
+        OmegaConf.to_container(off.calibration, resolve=True)
+    ).enabled
+    cal = CalibrationConfig.from_mapping(OmegaConf.to_container(auto.calibration, resolve=True))
+    assert cal.enabled and cal.grid_min == 1e-6
+    # sampler=auto is plain SGLD with the experiment's own settings (the toy's nβ = 100).
+    assert auto.sampler.preconditioner == "none" and auto.sampler.nbeta == off.sampler.nbeta
+    assert rms.sampler.preconditioner == "rmsprop" and rms.calibration.enabled
+
+
+def test_sweep_summary_figure_from_a_runs_table():
+    import pandas as pd
+
+    from bifrepro.plots.calibration import plot_sampler_sweep
+
+    runs = pd.DataFrame(
+        {
+            "params.sampler.step_size": ["1e-05", "0.0001", "0.001"] * 2,
+            "params.sampler.localization": ["100"] * 3 + ["1000"] * 3,
+            "params.sampler.nbeta": ["10"] * 6,
+            "metrics.lds": [0.1, 0.3, 0.2, 0.15, 0.35, 0.3],
+            "metrics.chain/healthy": [0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+            "metrics.chain/rhat": [1.5, 1.01, 1.3, 1.4, 1.02, 1.05],
+        }
+    )
+    fig = plot_sampler_sweep(runs, "metrics.lds")
+    axes = fig.get_axes()
+    assert len(axes) == 3  # quality, health flag, R-hat
+    assert axes[0].get_xscale() == "log" and axes[0].get_title().startswith("quality")
+    # One line per γ plus ring markers for the unhealthy runs (3 of them) on the quality panel.
+    rings = [ln for ln in axes[0].get_lines() if ln.get_markerfacecolor() == "none"]
+    assert sum(len(ln.get_xdata()) for ln in rings) == 3
+    with pytest.raises(ValueError, match="metrics.missing"):
+        plot_sampler_sweep(runs, "metrics.missing")
+
+
+def test_report_figures_have_one_column_per_candidate(report):
+    from bifrepro.plots.calibration import plot_calibration_summary, plot_calibration_traces
+
+    summary = plot_calibration_summary(report)
+    assert len(summary.get_axes()) == 6
+    assert "calibration chose" in summary._suptitle.get_text()
+    traces = plot_calibration_traces(report)
+    assert len(traces.get_axes()) == 2 * len(report.candidates)

@@ -1,0 +1,244 @@
+"""Health rules on synthetic traces whose trend, autocorrelation and spread are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bifrepro.attribution import bif_scores
+from bifrepro.sampling.diagnostics import ChainDiagnostics
+from bifrepro.sampling.health import (
+    HealthThresholds,
+    assess_chains,
+    autocorrelation,
+    check_distance,
+    check_ess,
+    check_loss,
+    check_rhat,
+    check_trend,
+    check_trend_share,
+    detrend_effect,
+    detrend_traces,
+    distance_bound,
+    effective_sample_size,
+    integrated_autocorrelation_time,
+    trend_share,
+)
+
+
+def _ar1(chains: int, n: int, rho: float, items: int = 1, seed: int = 0) -> torch.Tensor:
+    """Stationary AR(1) with unit variance: ``[chains, n, items]``."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(chains, n, items, generator=g, dtype=torch.float64)
+    x = torch.empty_like(eps)
+    x[:, 0] = eps[:, 0]
+    scale = math.sqrt(1 - rho**2)
+    for t in range(1, n):
+        x[:, t] = rho * x[:, t - 1] + scale * eps[:, t]
+    return x
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
+def test_ess_of_ar1_matches_n_times_1_minus_rho_over_1_plus_rho(rho):
+    chains, n, items = 4, 2000, 16
+    x = _ar1(chains, n, rho, items, seed=1)
+    expected = chains * n * (1 - rho) / (1 + rho)
+    ess = effective_sample_size(x)
+    assert ess.shape == (items,)
+    # Averaged over 16 independent items the estimator is within a few percent of the truth.
+    assert float(ess.mean()) == pytest.approx(expected, rel=0.08)
+    tau = integrated_autocorrelation_time(x)
+    assert float(tau.mean()) == pytest.approx((1 + rho) / (1 - rho), rel=0.08)
+    assert integrated_autocorrelation_time(x[..., 0]).dim() == 0  # [C, D] in, one number out
+
+
+def test_ess_drops_when_chains_disagree():
+    x = _ar1(4, 500, 0.3, 8, seed=2)
+    shifted = x.clone()
+    shifted[0] += 2.0  # chain 0 sits elsewhere: the pooled draws are worth far fewer samples
+    assert float(effective_sample_size(shifted).median()) < 0.3 * float(
+        effective_sample_size(x).median()
+    )
+
+
+def test_ess_of_a_constant_item_is_nan_and_autocorrelation_starts_at_one():
+    x = torch.ones(2, 50, 1, dtype=torch.float64)
+    assert torch.isnan(effective_sample_size(x)).all()
+    ac = autocorrelation(_ar1(1, 20000, 0.7, seed=3)[0, :, 0])
+    assert float(ac[0]) == 1.0
+    assert float(ac[1]) == pytest.approx(0.7, abs=0.03)
+    assert float(ac[2]) == pytest.approx(0.49, abs=0.04)
+
+
+def test_check_ess_projects_the_pilot_to_the_real_run():
+    x = _ar1(2, 400, 0.8, 32, seed=4)  # τ = 9
+    th = HealthThresholds(min_ess=100)
+    ok, stats = check_ess(x, th, target_samples=4 * 400)  # 1600 / 9 ≈ 178 > 100
+    assert ok.passed and stats["ess_projected"] == pytest.approx(1600 / 9, rel=0.3)
+    bad, _ = check_ess(x, th, target_samples=4 * 100)  # 400 / 9 ≈ 44 < 100
+    assert not bad.passed
+    assert "ESS" in bad.detail
+
+
+def test_trend_rule_flags_a_known_drift_and_not_a_stationary_chain():
+    n = 300
+    stationary = _ar1(4, n, 0.5, seed=5)[..., 0]
+    check, stats = check_trend(stationary)
+    assert check.passed and stats["num_drifting"] == 0
+    drifting = stationary.clone()
+    drifting[1] += 0.02 * torch.arange(n, dtype=torch.float64)  # 6 sd over the run
+    check, stats = check_trend(drifting)
+    assert not check.passed
+    assert "chains [1]" in check.detail and "rising" in check.detail
+    assert stats["num_drifting"] == 1
+
+
+def test_trend_rule_extrapolates_a_slow_pilot_drift_to_the_real_run():
+    n = 400
+    g = torch.Generator().manual_seed(6)
+    noise = torch.randn(2, n, generator=g, dtype=torch.float64)
+    strong = noise + 0.002 * torch.arange(n, dtype=torch.float64)  # 0.8 sd over 400, |t| ~ 7
+    # Significant but small over the pilot itself ...
+    check, _ = check_trend(strong, HealthThresholds(max_trend_effect=2.0))
+    assert check.passed
+    # ... yet it would move the loss by ~10 sd over a 4000-draw run: flagged.
+    check, stats = check_trend(strong, HealthThresholds(max_trend_effect=2.0), target_draws=4000)
+    assert not check.passed
+    assert stats["trend_max_effect"] > 5
+
+
+def test_rhat_rule():
+    x = _ar1(4, 400, 0.3, seed=7)[..., 0]
+    assert check_rhat(x).passed
+    shifted = x.clone()
+    shifted[2] += 3.0
+    bad = check_rhat(shifted)
+    assert not bad.passed and bad.value > 1.5
+    assert check_rhat(x[:, :3]).passed  # too few draws: n/a, not a failure
+    assert "n/a" in check_rhat(x[:, :3]).detail
+
+
+def test_distance_bound_and_rule():
+    d, gamma, eps = 1000, 100.0, 1e-3
+    bound = distance_bound(d, gamma, eps)
+    assert bound == pytest.approx(d / (gamma * (1 - eps * gamma / 4)))
+    # Distances of exactly the Gaussian-prior scale pass; 2x the squared bound fails.
+    at_bound = torch.full((2, 50), math.sqrt(bound), dtype=torch.float64)
+    check, stats = check_distance(at_bound, d, gamma, eps)
+    assert check.passed and stats["distance_ratio"] == pytest.approx(1.0)
+    check, stats = check_distance(at_bound * math.sqrt(2.0), d, gamma, eps)
+    assert not check.passed and stats["distance_ratio"] == pytest.approx(2.0)
+    # εγ >= 4: unstable whatever the distances; γ = 0: no bound.
+    assert not check_distance(at_bound, d, gamma, 4.0 / gamma)[0].passed
+    assert check_distance(at_bound * 100, d, 0.0, eps)[0].passed
+    assert distance_bound(d, 0.0, eps) == math.inf
+
+
+def test_distance_bound_holds_for_the_gaussian_prior_alone():
+    """Unadjusted Langevin on the prior N(0, I/γ): E|w|² -> d/(γ(1-εγ/4)) exactly."""
+    d, gamma, eps, steps = 200, 50.0, 0.02, 400
+    g = torch.Generator().manual_seed(8)
+    w = torch.zeros(64, d, dtype=torch.float64)
+    sq = []
+    for t in range(steps):
+        w = w - eps / 2 * gamma * w + math.sqrt(eps) * torch.randn(w.shape, generator=g)
+        if t >= 100:
+            sq.append(float((w * w).sum(1).mean()))
+    assert sum(sq) / len(sq) == pytest.approx(distance_bound(d, gamma, eps), rel=0.02)
+
+
+def test_loss_rule_uses_the_learning_coefficient_bound():
+    d = 10
+    check, stats = check_loss(mean_loss=1.2, init_loss=1.0, nbeta=20.0, num_params=d)
+    assert stats["llc"] == pytest.approx(4.0)  # nβ·ΔL = 20·0.2
+    assert check.passed  # 4 <= 2·d/2
+    check, stats = check_loss(mean_loss=2.5, init_loss=1.0, nbeta=20.0, num_params=d)
+    assert stats["llc"] == pytest.approx(30.0) and not check.passed
+    assert not check_loss(math.nan, 1.0, 20.0, d)[0].passed
+
+
+def test_detrend_removes_a_known_linear_trend_and_keeps_chain_means():
+    n = 100
+    base = _ar1(3, n, 0.2, 5, seed=9)
+    t = torch.arange(n, dtype=torch.float64)
+    slopes = torch.tensor([0.05, -0.02, 0.0], dtype=torch.float64)
+    x = base + slopes[:, None, None] * t[None, :, None] + 3.0
+    out = detrend_traces(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out.mean(1), x.mean(1))
+    # What is left has no trend at all: detrending twice changes nothing.
+    torch.testing.assert_close(detrend_traces(out), out)
+    # Detrending is linear and a pure line collapses to its mean level.
+    torch.testing.assert_close(out, detrend_traces(base) + 3.0 + slopes[:, None, None] * t.mean())
+
+
+def test_trend_share_is_near_one_for_pure_trend_and_small_for_stationary_traces():
+    n = 200
+    t = torch.arange(n, dtype=torch.float64)
+    g = torch.Generator().manual_seed(10)
+    loadings = torch.randn(8, generator=g, dtype=torch.float64)
+    trend = t[None, :, None] * loadings[None, None, :] * torch.ones(4, 1, 1, dtype=torch.float64)
+    noisy_trend = trend + 0.01 * torch.randn(4, n, 8, generator=g, dtype=torch.float64)
+    assert trend_share(noisy_trend) > 0.95
+    stationary = _ar1(4, n, 0.3, 8, seed=11)
+    assert trend_share(stationary) < 0.1
+    check, stats = check_trend_share(noisy_trend)
+    assert not check.passed and stats["trend_share"] > 0.95
+
+
+def test_bif_scores_detrend_matches_explicit_detrending():
+    q = _ar1(2, 60, 0.4, 3, seed=12) + 0.1 * torch.arange(60, dtype=torch.float64)[:, None]
+    tr = _ar1(2, 60, 0.4, 5, seed=13) + 0.1 * torch.arange(60, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(
+        bif_scores(q, tr, detrend=True, dtype=torch.float64),
+        bif_scores(detrend_traces(q), detrend_traces(tr), dtype=torch.float64),
+    )
+    # A shared trend makes everything look correlated; detrending removes it.
+    assert float(bif_scores(q, tr).abs().mean()) > 0.6
+    assert float(bif_scores(q, tr, detrend=True).abs().mean()) < 0.3
+    effect = detrend_effect(q, tr)
+    assert effect["trend_share"] > 0.5 and effect["mean_abs_change"] > 0.3
+
+
+def _diagnostics(loss: torch.Tensor, distance: torch.Tensor, init: float) -> ChainDiagnostics:
+    return ChainDiagnostics(
+        sgld_loss=loss, distance=distance, observed_loss={"train": loss}, init_loss={"train": init}
+    )
+
+
+def test_assess_chains_healthy_and_each_failure_named():
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    items = 0.1 * _ar1(c, n, 0.5, 12, seed=14) + 1.0
+    loss = items.mean(-1)
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+    kwargs = dict(num_params=d, step_size=eps, nbeta=nbeta, localization=gamma)
+    report = assess_chains(_diagnostics(loss, dist, 0.99), {"train": items}, **kwargs)
+    assert report.is_healthy, report.summary()
+    assert report.reasons == []
+    assert {ch.name for ch in report.checks} == {
+        "trend",
+        "rhat",
+        "ess",
+        "trend_share",
+        "distance",
+        "loss",
+    }
+    metrics = report.to_metrics()
+    assert metrics["health/healthy"] == 1.0 and "health/ess_projected" in metrics
+    assert report.summary().startswith("chains healthy")
+
+    drift = items + 0.003 * torch.arange(n, dtype=torch.float64)[None, :, None]
+    bad = assess_chains(_diagnostics(drift.mean(-1), dist, 0.99), {"train": drift}, **kwargs)
+    assert not bad.is_healthy
+    assert {ch.name for ch in bad.failed} >= {"trend", "trend_share"}
+    assert any(r.startswith("trend:") for r in bad.reasons)
+
+    far = assess_chains(_diagnostics(loss, dist * 2, 0.99), {"train": items}, **kwargs)
+    assert [ch.name for ch in far.failed] == ["distance"]
+
+    sticky = 0.1 * _ar1(c, n, 0.995, 12, seed=15) + 1.0  # τ ~ 400: the chains barely move
+    slow = assess_chains(_diagnostics(sticky.mean(-1), dist, 0.99), {"train": sticky}, **kwargs)
+    assert "ess" in {ch.name for ch in slow.failed}
+    assert slow.to_row()["healthy"] is False

@@ -1,0 +1,114 @@
+"""MLflow tracking: params, config artifact, tags, metrics, figures, statuses, disabled mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from bifrepro.tracking import (
+    PARENT_RUN_FILE,
+    flatten_config,
+    get_client,
+    multirun_parent_run_id,
+    start_run,
+)
+
+
+def _cfg(uri: str, enabled: bool = True):
+    return OmegaConf.create({
+        "seed": 3,
+        "experiment": {"name": "unit", "nbeta_default": 30.0},
+        "data": {"name": "toydata", "depth": 3},
+        "model": {"name": "tiny", "hidden": 4},
+        "sampler": {"step_size": 1e-4, "nbeta": "${experiment.nbeta_default}"},
+        "tracking": {"enabled": enabled, "uri": uri, "experiment_name": "unit-tests",
+                     "artifact_location": None, "run_name": None, "tags": {"team": "bif"}},
+    })  # fmt: skip
+
+
+def test_flatten_config() -> None:
+    flat = flatten_config({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None, "f": {}})
+    assert flat == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None", "f": "{}"}
+    assert len(flatten_config({"long": "x" * 10000})["long"]) <= 6000
+
+
+def test_run_logs_params_config_tags_metrics_and_figure(mlflow_uri, search_runs) -> None:
+    cfg = _cfg(mlflow_uri)
+    with start_run(cfg, tags={"device": "cpu"}) as tracker:
+        assert tracker.enabled
+        tracker.log_metrics({"score": 0.5, "other": 2.0})
+        tracker.log_metric_series("curve", [1.0, 2.0, 3.0], [10, 20, 40])
+        fig = Figure()
+        fig.subplots().plot([0, 1], [0, 1])
+        tracker.log_figure(fig, "figures/line.png")
+        run_id = tracker.run_id
+    runs = search_runs("unit-tests")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["status"] == "FINISHED"
+    assert row["params.sampler.nbeta"] == "30.0"  # resolved interpolation
+    assert row["params.data.depth"] == "3"
+    assert row["metrics.score"] == 0.5
+    assert row["tags.dataset"] == "toydata" and row["tags.model"] == "tiny"
+    assert row["tags.device"] == "cpu" and row["tags.team"] == "bif"
+    assert row["tags.mlflow.runName"] == "unit"
+    assert len(row["tags.git_commit"]) == 40  # this checkout is a git repository
+    client = get_client(mlflow_uri)
+    history = client.get_metric_history(run_id, "curve")
+    assert [(m.step, m.value) for m in history] == [(10, 1.0), (20, 2.0), (40, 3.0)]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config", "figures"} <= artifacts
+    text = client.download_artifacts(run_id, "config/config.yaml")
+    saved = OmegaConf.load(text)
+    assert saved.sampler.nbeta == 30.0 and saved.experiment.name == "unit"
+    assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/line.png"]
+
+
+def test_failed_body_marks_run_failed(mlflow_uri, search_runs) -> None:
+    with pytest.raises(RuntimeError, match="boom"), start_run(_cfg(mlflow_uri)):
+        raise RuntimeError("boom")
+    runs = search_runs("unit-tests")
+    assert runs["status"].tolist() == ["FAILED"]
+
+
+def test_disabled_tracking_is_a_no_op(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path}/never/mlflow.db"
+    with start_run(_cfg(uri, enabled=False)) as tracker:
+        assert not tracker.enabled
+        tracker.log_metrics({"x": 1.0})
+        tracker.log_figure(Figure(), "f.png")
+        tracker.log_artifact(tmp_path)
+    assert not (tmp_path / "never").exists()
+
+
+def test_no_parent_outside_a_multirun(tmp_path) -> None:
+    (tmp_path / PARENT_RUN_FILE).write_text(json.dumps({"run_id": "x", "tracking_uri": "y"}))
+    assert multirun_parent_run_id() is None
+
+
+def test_artifacts_default_to_the_store_folder(mlflow_uri, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with start_run(_cfg(mlflow_uri)) as tracker:
+        tracker.log_text("hello", "notes/hello.txt")
+    exp = get_client(mlflow_uri).get_experiment_by_name("unit-tests")
+    store_dir = Path(mlflow_uri[len("sqlite:///") :]).parent
+    assert exp.artifact_location == (store_dir / "mlartifacts").as_uri()
+    assert (store_dir / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists()  # nothing lands in the current directory
+
+
+def test_experiment_is_created_once_with_artifact_location(mlflow_uri, tmp_path) -> None:
+    cfg = _cfg(mlflow_uri)
+    cfg.tracking.artifact_location = str(tmp_path / "arts")
+    with start_run(cfg):
+        pass
+    with start_run(cfg, run_name="second"):
+        pass
+    client = get_client(mlflow_uri)
+    exp = client.get_experiment_by_name("unit-tests")
+    assert exp.artifact_location == (tmp_path / "arts").as_uri()
+    assert len(client.search_runs([exp.experiment_id])) == 2
