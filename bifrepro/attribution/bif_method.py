@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from bifrepro.attribution.base import PER_TOKEN_MODES, Attributor
 from bifrepro.attribution.bif import bif_scores
 from bifrepro.attribution.configs import BIFMethodConfig
-from bifrepro.sampling import LossTraces, sample_loss_traces
+from bifrepro.sampling import HealthReport, LossTraces, assess_traces, sample_loss_traces
 
 __all__ = ["BIFAttributor", "UnhealthyChainsError"]
 
@@ -51,6 +51,7 @@ class BIFAttributor(Attributor):
         super().__init__(config if config is not None else BIFMethodConfig())
         self.config: BIFMethodConfig
         self.traces: LossTraces | None = None
+        self.health: HealthReport | None = None
         self._calls = 0
 
     def _fit(self) -> None:
@@ -79,9 +80,12 @@ class BIFAttributor(Attributor):
             progress=cfg.progress,
         )
         self.traces = traces
-        diag = traces.diagnostics
-        if not diag.is_healthy:
-            msg = f"bif: {diag.summary()}; scores from unhealthy chains are unreliable"
+        # Every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share).
+        num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.health = assess_traces(traces, num_params)
+        log.info("bif: %s | %s", traces.diagnostics.summary(), self.health.summary())
+        if not self.health.is_healthy:
+            msg = f"bif: {self.health.summary()}; scores from unhealthy chains are unreliable"
             if cfg.on_unhealthy == "raise":
                 raise UnhealthyChainsError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -90,5 +94,11 @@ class BIFAttributor(Attributor):
         )
 
     def diagnostics_metrics(self, prefix: str = "chain/") -> dict[str, float]:
-        """Chain-health metrics of the last :meth:`score` call (empty before it)."""
-        return {} if self.traces is None else self.traces.diagnostics.to_metrics(prefix)
+        """Chain-health metrics of the last :meth:`score` call (empty before it): the core
+        diagnostics under ``prefix`` and every health rule under ``health/``."""
+        if self.traces is None:
+            return {}
+        out = self.traces.diagnostics.to_metrics(prefix)
+        if self.health is not None:
+            out.update(self.health.to_metrics())
+        return out
