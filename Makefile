@@ -7,13 +7,15 @@ PYTHON_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS ?= $(CURDIR)/results
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 export HYDRA_FULL_ERROR := 1
 
 .PHONY: help install test test-slow lint format bench demo reproduce mlflow-ui clean \
-        reproduce-toy sweep-toy sweep-sampler-toy reproduce-language
+        reproduce-toy sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
+        reproduce-lds reproduce-compute
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,10 +28,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# Peer implementations that are only benchmarked against (devinterp): installed on first use.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
 install: $(STAMP)  ## Create .venv and install bifrepro (editable) with dev tools
 
 test: $(STAMP)  ## Run the test suite (fast tests; slow ones are marked and excluded)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)  ## Run only the slow tests
 	$(PY) -m pytest -q -m slow
@@ -48,14 +55,23 @@ bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-language  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-language reproduce-imagenet reproduce-lds reproduce-compute  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
 
-reproduce-language: $(STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
+reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
 	$(PY) -m experiments.language experiment=language
 	$(PY) bench/bench_devinterp.py
+
+reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the MNIST-5k stand-in
+	$(PY) -m experiments.imagenet experiment=imagenet
+
+reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on MNIST-5k (~10 min on 2 cores)
+	$(PY) -m experiments.lds experiment=lds
+
+reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache)
+	$(PY) -m experiments.compute experiment=compute
 
 sweep-toy: $(STAMP)  ## Multirun sweep of the toy over localization and nbeta (parent/child MLflow runs)
 	$(PY) -m experiments.toy_hierarchy -m experiment=toy_sweep

@@ -199,7 +199,10 @@ class TokenBIF:
         if train_seqs is None:
             return torch.cat([s for _, _, s in self.iter_blocks(query_tokens)], dim=1)
         idx = torch.as_tensor(list(train_seqs), dtype=torch.long)
-        out = [self._block(q_cols, idx[i : i + self.block_size]) for i in range(0, len(idx), self.block_size)]
+        out = [
+            self._block(q_cols, idx[i : i + self.block_size])
+            for i in range(0, len(idx), self.block_size)
+        ]
         return torch.cat(out, dim=1) if out else torch.empty(len(query_tokens), 0, self.seq_len)
 
     def iter_blocks(
@@ -226,7 +229,9 @@ class TokenBIF:
             raise ValueError(f"k must be >= 1, got {k}")
         t = self.seq_len
         if valid is not None and tuple(valid.shape) != (self.n_train, t):
-            raise ValueError(f"valid must be [n_train, T] = {(self.n_train, t)}, got {tuple(valid.shape)}")
+            raise ValueError(
+                f"valid must be [n_train, T] = {(self.n_train, t)}, got {tuple(valid.shape)}"
+            )
         q = len(query_tokens)
         best_v = torch.full((q, 0), -torch.inf)
         best_i = torch.zeros((q, 0), dtype=torch.long)

@@ -17,6 +17,15 @@ from bifrepro.models.small import tiny_causal_lm
 from bifrepro.sampling import SGLDConfig
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models are dominated by thread synchronisation on a busy machine: one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _traces(seed: int = 0, c: int = 2, d: int = 40, n: int = 9, t: int = 6, nq: int = 3):
     g = torch.Generator().manual_seed(seed)
     shared = torch.randn(c, d, 1, 1, generator=g)
@@ -28,7 +37,9 @@ def _traces(seed: int = 0, c: int = 2, d: int = 40, n: int = 9, t: int = 6, nq: 
     return query, train
 
 
-def _dense(query: torch.Tensor, train: torch.Tensor, pairs, normalize="correlation") -> torch.Tensor:
+def _dense(
+    query: torch.Tensor, train: torch.Tensor, pairs, normalize="correlation"
+) -> torch.Tensor:
     """Reference: every query token against every training token with numpy, no blocking."""
     q = query.reshape(-1, *query.shape[2:]).double().numpy()
     x = train.reshape(-1, *train.shape[2:]).double().numpy()
@@ -55,7 +66,9 @@ def test_blocks_equal_the_dense_matrix(normalize: str, block_size: int | None) -
     torch.testing.assert_close(tb.scores(pairs).double(), ref, rtol=1e-4, atol=1e-5)
     got = torch.cat([s for _, _, s in tb.iter_blocks(pairs)], dim=1)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(tb.scores(pairs, [8, 2]).double(), ref[:, [8, 2]], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        tb.scores(pairs, [8, 2]).double(), ref[:, [8, 2]], rtol=1e-4, atol=1e-5
+    )
     # the library's dense per-token layout agrees: [nq, T, n, T]
     full = bif_scores(query, train, normalize=normalize)
     torch.testing.assert_close(full[0, 2], tb.scores([(0, 2)])[0], rtol=1e-4, atol=1e-5)
@@ -127,7 +140,9 @@ def test_sampled_traces_on_a_tiny_lm_on_disk(tmp_path) -> None:
     # query 0 is training sequence 0: identical traces, correlation 1 with itself
     tb = TokenBIF.from_traces(traces)
     top = tb.topk([(0, 4)], k=1)
-    assert (top.seq.item(), top.pos.item()) == (0, 4) and top.values.item() == pytest.approx(1.0, abs=1e-4)
+    assert (top.seq.item(), top.pos.item()) == (0, 4) and top.values.item() == pytest.approx(
+        1.0, abs=1e-4
+    )
     # the loss function: raw per-token NLL, zero at position 0 and padding
     with torch.no_grad():
         losses = token_losses(model, [ids[:4], mask[:4]])

@@ -1,0 +1,167 @@
+"""The language experiment end to end on tiny settings; the from_pretrained path; the figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import experiments.language as lang
+from bifrepro.config import ConfigError
+from bifrepro.data.tokenizer import train_bpe_tokenizer
+from bifrepro.models.lm import CausalLMConfig, build_small_lm
+from bifrepro.plots.tokens import TokenPanel, TokenRow, plot_token_panels, token_panels_html
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models are dominated by thread synchronisation on a busy machine: one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = [
+    "experiment=language",
+    "data.num_documents=80",
+    "data.num_queries=4",
+    "data.max_natural_sentences=10",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=32",
+    "model.max_position_embeddings=64",
+    "model.vocab_size=320",
+    "model.train.steps=15",
+    "model.train.batch_size=8",
+    "experiment.seq_len=48",
+    "experiment.num_observed=16",
+    "experiment.ekfac.train_batch_size=8",
+    "experiment.gradsim.chunk_size=8",
+    "sampler.num_chains=2",
+    "sampler.num_draws=8",
+    "sampler.burn_in=2",
+    "sampler.batch_size=8",
+    "sampler.step_size=1e-4",
+]
+
+
+def test_run_writes_figures_tables_and_mlflow(
+    hydra_compose, mlflow_uri, search_runs, tmp_path
+) -> None:
+    cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    metrics = lang.run(cfg)
+    out = tmp_path / "language"
+    for name in (
+        *lang.FIGURES,
+        "language_tokens.html",
+        "benchmark.csv",
+        "per_query.csv",
+        "metrics.json",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    # the cache holds the tokenizer, the model (save_pretrained) and the on-disk traces
+    cache = tmp_path / "cache" / "language"
+    assert list(cache.glob("tokenizer-*/tokenizer.json"))
+    assert list(cache.glob("lm-*/model/config.json"))
+    assert list(cache.glob("traces-*/traces/train.npy"))
+
+    table = pd.read_csv(out / "benchmark.csv")
+    assert set(table.method) == {"bif", "ekfac", "gradsim"}
+    assert set(table[table.method == "gradsim"].level) == {"sequence"}
+    assert {"token", "sequence"} <= set(table[table.method == "ekfac"].level)
+    for col in ("precision_at_1", "precision_at_10", "mrr", "chance_precision"):
+        vals = table[col].dropna()
+        assert ((vals >= 0) & (vals <= 1)).all(), col
+    per_query = pd.read_csv(out / "per_query.csv")
+    examples = set(per_query.example.dropna())
+    assert {"numbers", "elle", "if_then", "bank_river"} <= examples
+    assert per_query.loc[per_query.example == "numbers", "surface"].iloc[0] == "3"
+    assert metrics["num_query_tokens"] == len(per_query)
+    assert 0 <= metrics["token/bif/all_other/mrr"] <= 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["token/bif/all_any/mrr"] == pytest.approx(
+        metrics["token/bif/all_any/mrr"]
+    )
+    assert "chains" in saved["chain_summary"] or saved["chain_summary"]
+    html = (out / "language_tokens.html").read_text()
+    assert "répondu" in html and "title='" in html
+
+    runs = search_runs("language")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["status"] == "FINISHED" and row["tags.dataset"] == "bilingual_templates"
+    assert row["params.experiment.num_observed"] == "16"
+    assert row["metrics.token/bif/all_other/mrr"] == pytest.approx(
+        metrics["token/bif/all_other/mrr"]
+    )
+    from bifrepro.tracking import get_client
+
+    figs = {a.path for a in get_client(mlflow_uri).list_artifacts(row["run_id"], "figures")}
+    assert figs == {f"figures/{f}" for f in lang.FIGURES}
+
+
+def test_any_causal_lm_through_from_pretrained(hydra_compose, tmp_path) -> None:
+    """model.name_or_path: a Hugging Face model folder this test saves (GPT-NeoX architecture)."""
+    from bifrepro.data.text import TextCorpusConfig, build_corpus
+
+    corpus = build_corpus(
+        TextCorpusConfig(num_documents=80, num_queries=4, max_natural_sentences=10)
+    )
+    tok = train_bpe_tokenizer(corpus.all_texts() + [e.text.text for e in corpus.examples], 300)
+    arch = CausalLMConfig(arch="gpt_neox", hidden_size=16, num_layers=1, num_heads=2,
+                          intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    model = build_small_lm(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    model.save_pretrained(tmp_path / "hf_model")
+    tok.save_pretrained(tmp_path / "hf_model")
+    cfg = hydra_compose(
+        [*TINY, f"results_dir={tmp_path}", "tracking.enabled=false", "experiment.methods=[bif]",
+         f"model.name_or_path={tmp_path / 'hf_model'}", "model.local_files_only=true"]
+    )  # fmt: skip
+    metrics = lang.run(cfg)
+    saved = json.loads((tmp_path / "language" / "metrics.json").read_text())
+    assert saved["model"]["model_path"] == "hf_model"  # relative to results_dir
+    assert "lm_train_seconds" not in metrics  # nothing was trained
+    assert not list((tmp_path / "cache" / "language").glob("lm-*"))
+    table = pd.read_csv(tmp_path / "language" / "benchmark.csv")
+    assert set(table.method) == {"bif"}
+
+
+def test_config_errors_name_the_key(hydra_compose, tmp_path) -> None:
+    base = [f"results_dir={tmp_path}", "tracking.enabled=false"]
+    with pytest.raises(ConfigError, match="experiment.num_observed"):
+        lang.run(hydra_compose([*TINY, *base, "experiment.num_observed=1"]))
+    with pytest.raises(ConfigError, match="experiment.methods"):
+        lang.run(hydra_compose([*TINY, *base, "experiment.methods=[ekfac]"]))
+    with pytest.raises(ConfigError, match="model.arch"):
+        lang.run(hydra_compose([*TINY, *base, "model.arch=gpt2"]))
+    with pytest.raises(ConfigError, match="language schema"):
+        lang.run(hydra_compose(base))  # the default experiment is the toy
+
+
+def test_token_figure_and_html_page() -> None:
+    rows = [
+        TokenRow(
+            "#1 seq 4",
+            [" Marie", " has", " three", " cats", "."],
+            np.array([0.0, 0.1, 0.8, -0.3, 0.0]),
+        )
+    ]
+    panel = TokenPanel('"3" -> "three"', [" Marie", " has", " 3", " apples", "."], 2, rows)
+    fig = plot_token_panels([panel, panel], "test figure")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("3") == 2 and texts.count("three") == 2
+    boxes = [t.get_bbox_patch() for t in fig.axes[0].texts if t.get_text() == "three"]
+    red = boxes[0].get_facecolor()
+    assert red[0] > red[2]  # a positive score is drawn red, not blue
+    page = token_panels_html([("numbers", [panel])], "page")
+    assert (
+        page.count("class='tok focus'") == 1
+        and "title='+0.800'" in page
+        and "title='-0.300'" in page
+    )
