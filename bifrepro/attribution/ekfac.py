@@ -154,6 +154,8 @@ class EKFACAttributor(Attributor):
         else:
             out = Path(cfg.output_dir).expanduser().resolve()
         ktask = _kronfluence_task(task, cfg.seed, device)
+        # kronfluence's Analyzer sets the *root* logger's level; keep the caller's logging intact.
+        root_level = logging.getLogger().level
         self.analyzer = Analyzer(
             analysis_name="bifrepro",
             model=prepare_model(work, ktask),
@@ -163,6 +165,7 @@ class EKFACAttributor(Attributor):
             disable_tqdm=not sys.stderr.isatty(),
             output_dir=str(out),
         )
+        logging.getLogger().setLevel(root_level)
         self._loader_kwargs = DataLoaderKwargs(num_workers=0)
         self.analyzer.set_dataloader_kwargs(self._loader_kwargs)
         max_ex = cfg.max_fit_examples

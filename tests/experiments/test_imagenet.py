@@ -1,0 +1,172 @@
+"""The gallery experiment end to end: stand-in fallback, the ImageNet path on a tiny ImageFolder
+with a random GoogLeNet, the errors that must not fall back, and the MLflow read-back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import experiments.imagenet as imagenet
+from bifrepro.config import ConfigError
+from bifrepro.data.imagenet import IMAGENET_ROOT_ENV, ImageNetRootError
+from tests.data.test_imagenet import make_image_folder
+
+FIGURES = ("gallery_helpful.png", "gallery_harmful.png", "label_agreement.png")
+TABLES = ("label_agreement.csv", "topk_overlap.csv", "per_query.csv", "metrics.json")
+#: The stand-in at toy size: sklearn digits, 10 pool images and 3 queries per class.
+TINY_STANDIN = [
+    "experiment=imagenet",
+    "standin.data.name=digits",
+    "standin.data.test_per_class=5",
+    "standin.data.pool_per_class=10",
+    "standin.data.queries_per_class=3",
+    "standin.model.width=4",
+    "standin.model.hidden=16",
+    "standin.model.pool_size=2",
+    "standin.model.epochs=4",
+    "standin.model.lr=1e-2",
+    "standin.methods=[bif,ekfac,gradsim]",
+    "standin.sampler.num_chains=2",
+    "standin.sampler.num_draws=30",
+    "standin.sampler.burn_in=10",
+    "experiment.n_boot=200",
+]
+#: The ImageNet path at toy size: random GoogLeNet, 32x32 crops, 3 classes.
+TINY_REAL = [
+    "experiment=imagenet_real",
+    "model.weights=null",
+    "model.num_classes=3",
+    "data.resize=36",
+    "data.crop=32",
+    "data.pool_per_class=3",
+    "data.query_classes=[0,2]",
+    "data.extra_queries=2",
+    "data.num_workers=0",
+    "sampler.num_chains=2",
+    "sampler.num_draws=4",
+    "sampler.burn_in=1",
+    "sampler.batch_size=4",
+    "sampler.step_size=1e-6",
+    "experiment.ekfac_last_layers=2",
+    "experiment.ks=[1,3]",
+    "experiment.n_boot=200",
+    "experiment.device=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, torch's spinning threads cost 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_imagenet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(IMAGENET_ROOT_ENV, raising=False)
+
+
+def test_standin_run_says_so_and_writes_everything(
+    hydra_compose, mlflow_uri, search_runs, tmp_path, no_imagenet, caplog
+) -> None:
+    cfg = hydra_compose([*TINY_STANDIN, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    with caplog.at_level(logging.INFO):
+        metrics = imagenet.run(cfg)
+    fallback = [r for r in caplog.records if "stand-in" in r.getMessage()]
+    assert len(fallback) == 1 and IMAGENET_ROOT_ENV in fallback[0].getMessage()
+    # the final summary line is still logged after kronfluence touched the root logger
+    assert any("label agreement@3" in r.getMessage() for r in caplog.records)
+
+    out = tmp_path / "imagenet" / "digits"  # results are filed under the dataset that ran
+    for name in FIGURES + TABLES:
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp"))
+    table = pd.read_csv(out / "label_agreement.csv")
+    assert set(table.method) == {"bif", "ekfac", "gradsim"} and set(table.dataset) == {"digits"}
+    assert set(table.k) == {1, 3, 10}
+    assert (table.ci_low <= table.agreement + 1e-9).all()
+    assert (table.agreement <= table.ci_high + 1e-9).all()
+    # 30 queries over 10 classes of 10 pool images each: chance is 1/10
+    assert metrics["n_queries"] == 30 and metrics["chance_agreement"] == pytest.approx(0.1)
+    for method in ("bif", "ekfac", "gradsim"):
+        assert 0.0 <= metrics[f"{method}/agreement_top3"] <= 1.0
+    # a trained digits CNN: the most helpful images share the query's digit far above chance
+    assert metrics["bif/agreement_top3"] > 0.5
+    per_query = pd.read_csv(out / "per_query.csv")
+    assert len(per_query) == 30 and per_query.in_gallery.sum() == 4
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"] == "digits" and saved["standin"] is True
+    assert saved["config"]["model"]["name"] == "small_cnn"
+
+    runs = search_runs("imagenet")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["status"] == "FINISHED"
+    assert row["tags.dataset"] == "digits" and row["tags.standin"] == "true"
+    assert row["tags.ekfac_layers"] == "all"
+    # MLflow records the settings that actually ran (the stand-in's), not the ImageNet ones
+    assert row["params.data.name"] == "digits" and row["params.model.name"] == "small_cnn"
+    assert row["params.sampler.num_draws"] == "30"
+    assert row["metrics.bif/agreement_top3"] == pytest.approx(metrics["bif/agreement_top3"])
+    from bifrepro.tracking import get_client
+
+    client = get_client(mlflow_uri)
+    figs = {a.path for a in client.list_artifacts(row["run_id"], "figures")}
+    assert figs == {f"figures/{f}" for f in FIGURES}
+
+
+def test_imagenet_path_on_a_tiny_image_folder(
+    hydra_compose, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_image_folder(tmp_path / "imagenet", train_per_class=4, val_per_class=3)
+    monkeypatch.setenv(IMAGENET_ROOT_ENV, str(root))
+    cfg = hydra_compose([*TINY_REAL, f"results_dir={tmp_path}", "tracking.enabled=false"])
+    metrics = imagenet.run(cfg)
+    out = tmp_path / "imagenet" / "imagenet"
+    for name in FIGURES + TABLES:
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["standin"] is False and saved["dataset"] == "imagenet"
+    assert saved["ekfac_tracked_layers"] == ["inception5b.branch4.1.conv", "fc"]
+    assert saved["gallery_queries"][0].startswith("val/n01000001/")
+    assert metrics["n_pool"] == 9 and metrics["n_queries"] == 4
+    assert metrics["n_sgld_train"] == 12  # SGLD minibatches from the whole training folder
+    # traces were written to disk under the cache (imagenet_real: resumable)
+    assert list((tmp_path / "cache" / "imagenet" / "traces").glob("*/manifest.json"))
+    assert metrics["chance_agreement"] == pytest.approx(1 / 3)
+
+
+def test_a_set_but_missing_root_is_an_error_not_a_fallback(
+    hydra_compose, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(IMAGENET_ROOT_ENV, str(tmp_path / "no_such_folder"))
+    cfg = hydra_compose(
+        [*TINY_STANDIN, f"results_dir={tmp_path}", "tracking.enabled=false", "model.weights=null"]
+    )
+    with pytest.raises(ImageNetRootError, match=f"{IMAGENET_ROOT_ENV}=.*does not exist"):
+        imagenet.run(cfg)
+    assert not (tmp_path / "imagenet").exists()
+
+
+def test_imagenet_real_refuses_to_fall_back(hydra_compose, tmp_path, no_imagenet) -> None:
+    cfg = hydra_compose(["experiment=imagenet_real", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=IMAGENET_ROOT_ENV):
+        imagenet.run(cfg)
+
+
+def test_bad_settings_fail_before_any_compute(hydra_compose, tmp_path, no_imagenet) -> None:
+    cfg = hydra_compose([*TINY_STANDIN, f"results_dir={tmp_path}", "standin.sampler.step_size=-1"])
+    with pytest.raises(ConfigError, match="sampler.step_size"):
+        imagenet.run(cfg)
+    cfg = hydra_compose([*TINY_STANDIN, f"results_dir={tmp_path}", "standin.methods=[bif,trak]"])
+    with pytest.raises(ConfigError, match="methods"):
+        imagenet.run(cfg)
+    assert not (tmp_path / "imagenet").exists()
+    assert not Path(tmp_path / "cache").exists()
