@@ -11,11 +11,10 @@ BENCH_STAMP := $(VENV)/.installed-bench
 RESULTS ?= $(CURDIR)/results
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
-export HYDRA_FULL_ERROR := 1
 
 .PHONY: help install test test-slow lint format bench demo reproduce mlflow-ui clean \
         reproduce-toy sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
-        reproduce-lds reproduce-compute
+        reproduce-lds reproduce-compute reproduce-stagewise sweep-stagewise
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,7 +54,7 @@ bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-language reproduce-imagenet reproduce-lds reproduce-compute  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-language reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
@@ -72,6 +71,14 @@ reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fract
 
 reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache)
 	$(PY) -m experiments.compute experiment=compute
+
+reproduce-stagewise: $(STAMP)  ## Stagewise influence in an LM: per-token BIF across training checkpoints, induction stage (~15 min)
+	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm
+
+sweep-stagewise: $(STAMP)  ## The same as a sweep: train, one Hydra job per checkpoint (local_parallel; SLURM: hydra/launcher=slurm), merge
+	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=train
+	$(PY) -m experiments.stagewise_lm -m experiment=stagewise_lm hydra/launcher=local_parallel experiment.mode=checkpoint 'experiment.checkpoint_index=range(0,10)'
+	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=merge
 
 sweep-toy: $(STAMP)  ## Multirun sweep of the toy over localization and nbeta (parent/child MLflow runs)
 	$(PY) -m experiments.toy_hierarchy -m experiment=toy_sweep

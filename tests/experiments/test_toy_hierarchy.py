@@ -84,6 +84,8 @@ def _main(monkeypatch, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    # Hydra re-raises instead of exiting when HYDRA_FULL_ERROR is set: test the user-facing path.
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(sys, "argv", ["toy_hierarchy", *argv])
     try:
         toy.main()
