@@ -1,0 +1,50 @@
+"""Evaluation of attributions against counterfactual retraining: the linear datamodeling score.
+
+* :mod:`bifrepro.evaluation.lds`: subset masks, the additive prediction and the LDS metric with a
+  bootstrap confidence interval.
+* :mod:`bifrepro.evaluation.retrain`: retraining on subsets with an on-disk cache of query outputs
+  (resumable; process-pool parallel; Hydra/SLURM sweep-friendly).
+* :mod:`bifrepro.evaluation.cost`: wall time and memory of attribution methods over size grids.
+"""
+
+from bifrepro.evaluation.lds import (
+    LDSResult,
+    bootstrap_mean_ci,
+    lds,
+    load_masks,
+    mask_hash,
+    predicted_outputs,
+    save_masks,
+    spearman_rows,
+    subset_masks,
+    subset_size,
+)
+from bifrepro.evaluation.retrain import (
+    MissingRetrainError,
+    ModelSpec,
+    RetrainCache,
+    Retrainer,
+    dataset_fingerprint,
+    missing_entries,
+    retrain_outputs,
+)
+
+__all__ = [
+    "LDSResult",
+    "bootstrap_mean_ci",
+    "load_masks",
+    "lds",
+    "mask_hash",
+    "predicted_outputs",
+    "save_masks",
+    "spearman_rows",
+    "subset_masks",
+    "subset_size",
+    "MissingRetrainError",
+    "ModelSpec",
+    "RetrainCache",
+    "Retrainer",
+    "dataset_fingerprint",
+    "missing_entries",
+    "retrain_outputs",
+]

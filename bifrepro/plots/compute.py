@@ -1,0 +1,123 @@
+"""Compute figures: cost of each method against problem size (log-log), and time-to-equal-LDS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bifrepro.plots.lds import method_color, method_linestyle
+from bifrepro.plots.style import LEVEL_COLORS, house_style, new_figure
+
+__all__ = ["AXIS_LABELS", "plot_cost_scaling", "plot_time_to_equal_lds"]
+
+#: Grid axis → x-axis label.
+AXIS_LABELS: dict[str, str] = {
+    "n_train": "training items n",
+    "n_query": "queries q",
+    "nq": "n·q (n and q grow together)",
+    "num_params": "model parameters d",
+    "draws": "BIF draws (chains × draws per chain)",
+}
+
+
+def plot_cost_scaling(
+    points: pd.DataFrame,
+    slopes: Mapping[tuple[str, str], float],
+    title: str,
+    axes_order: Sequence[str] = ("n_train", "n_query", "nq", "num_params", "draws"),
+    methods: Sequence[str] | None = None,
+) -> Figure:
+    """Wall time (top row) and peak memory (bottom row) against each grid axis, log-log.
+
+    Args:
+        points: one row per measurement with ``method`` (label), ``axis``, ``x``,
+            ``total_seconds``, ``fit_seconds`` and ``peak_mb``.
+        slopes: ``(method, axis) → fitted log-log slope of total time`` (shown in the legend).
+        title: figure title (device, fixed sizes, BIF draws).
+        axes_order: grid axes to show, left to right (absent ones are skipped).
+        methods: method labels in legend order.
+    """
+    axes_present = [a for a in axes_order if a in set(points["axis"])]
+    methods = list(methods) if methods is not None else list(dict.fromkeys(points["method"]))
+    with house_style():
+        fig, axes = new_figure(2, len(axes_present), width=3.2 * len(axes_present), height=5.6)
+        for col, axis in enumerate(axes_present):
+            ax_t, ax_m = axes[0, col], axes[1, col]
+            sub = points[points["axis"] == axis]
+            for label in methods:
+                rows = sub[sub["method"] == label].sort_values("x")
+                if rows.empty:
+                    continue
+                color, ls = method_color(label), method_linestyle(label)
+                slope = slopes.get((label, axis), np.nan)
+                ax_t.plot(
+                    rows["x"],
+                    rows["total_seconds"],
+                    color=color,
+                    ls=ls,
+                    marker="o",
+                    ms=3.5,
+                    label=f"{label} (slope {slope:.2f})" if np.isfinite(slope) else label,
+                )
+                if (rows["fit_seconds"] > 0.01 * rows["total_seconds"]).any():
+                    ax_t.plot(rows["x"], rows["fit_seconds"], color=color, ls=":", lw=1.0)
+                ax_m.plot(rows["x"], rows["peak_mb"], color=color, ls=ls, marker="o", ms=3.5)
+            for ax in (ax_t, ax_m):
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax_t.set_title(f"vs {AXIS_LABELS.get(axis, axis)}")
+            ax_m.set_xlabel(AXIS_LABELS.get(axis, axis))
+            ax_t.legend(frameon=False, fontsize=6.5, loc="upper left")
+        axes[0, 0].set_ylabel("wall time fit + score (s)\n(dotted: fit phase)")
+        axes[1, 0].set_ylabel("peak memory increase (MB)")
+        fig.suptitle(title)
+    return fig
+
+
+def plot_time_to_equal_lds(
+    curve: pd.DataFrame,
+    reference: pd.DataFrame,
+    title: str,
+    reference_label: str = "EK-FAC",
+) -> Figure:
+    """BIF's LDS as draws accumulate, against the reference method's LDS and time, per α.
+
+    Args:
+        curve: BIF rows with ``alpha``, ``total_draws``, ``seconds``, ``lds`` (one estimator).
+        reference: the reference method's rows with ``alpha``, ``lds``, ``seconds``.
+        title: figure title.
+        reference_label: legend name of the reference method.
+    """
+    alphas = sorted(curve["alpha"].unique())
+    with house_style():
+        fig, axes = new_figure(1, 2, width=9.6, height=3.8, sharey=True)
+        for k, a in enumerate(alphas):
+            color = LEVEL_COLORS[k % len(LEVEL_COLORS)]
+            rows = curve[curve["alpha"] == a].sort_values("total_draws")
+            ref = reference[reference["alpha"] == a]
+            for ax, x in ((axes[0, 0], "total_draws"), (axes[0, 1], "seconds")):
+                ax.plot(rows[x], rows["lds"], color=color, marker="o", ms=3.5, label=f"BIF α={a:g}")
+                if not ref.empty:
+                    ax.axhline(float(ref["lds"].iloc[0]), color=color, ls="--", lw=1.0)
+            if not ref.empty:
+                axes[0, 1].plot(
+                    float(ref["seconds"].iloc[0]),
+                    float(ref["lds"].iloc[0]),
+                    marker="*",
+                    ms=11,
+                    color=color,
+                    ls="none",
+                    label=f"{reference_label} α={a:g}",
+                )
+        axes[0, 0].set_xscale("log")
+        axes[0, 1].set_xscale("log")
+        axes[0, 0].set_xlabel("BIF draws used (all chains)")
+        axes[0, 1].set_xlabel("wall time (s)")
+        axes[0, 0].set_ylabel(f"LDS (dashed: {reference_label})")
+        axes[0, 0].legend(frameon=False, fontsize=7)
+        axes[0, 1].legend(frameon=False, fontsize=7, ncol=2)
+        fig.suptitle(title)
+    return fig

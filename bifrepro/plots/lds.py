@@ -1,0 +1,78 @@
+"""LDS figure: linear datamodeling score against the retraining subset fraction α, per method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bifrepro.plots.style import ESTIMATOR_COLORS, house_style, new_figure
+
+__all__ = ["method_color", "method_linestyle", "plot_lds_vs_alpha"]
+
+
+def method_color(label: str) -> str:
+    """House colour of a method label (``"BIF (cov)"`` uses BIF's colour)."""
+    for key, color in ESTIMATOR_COLORS.items():
+        if label == key or label.startswith(f"{key} "):
+            return color
+    return "#333333"
+
+
+def method_linestyle(label: str) -> str:
+    """Dashed for the second variant of a method (BIF correlation), solid otherwise."""
+    return "--" if "corr" in label else "-"
+
+
+def plot_lds_vs_alpha(
+    table: pd.DataFrame,
+    title: str,
+    methods: Sequence[str] | None = None,
+    confidence: float = 0.95,
+) -> Figure:
+    """LDS (mean over queries, with its bootstrap interval) against α, one line per method.
+
+    Args:
+        table: rows with columns ``method`` (label), ``alpha``, ``lds``, ``ci_low``, ``ci_high``.
+        title: figure title (setting, estimator, draws, chain health).
+        methods: labels in legend order (default: order of appearance).
+        confidence: level of the intervals, for the axis label.
+    """
+    methods = list(methods) if methods is not None else list(dict.fromkeys(table["method"]))
+    alphas = np.sort(table["alpha"].unique())
+    with house_style():
+        fig, axes = new_figure(1, 1, width=6.4, height=4.0)
+        ax = axes[0, 0]
+        # small horizontal offsets (in log space) so that the intervals do not hide each other
+        offsets = np.linspace(-0.04, 0.04, max(len(methods), 1))
+        for k, label in enumerate(methods):
+            rows = table[table["method"] == label].sort_values("alpha")
+            if rows.empty:
+                continue
+            x = rows["alpha"].to_numpy(dtype=float) * 10 ** offsets[k]
+            y = rows["lds"].to_numpy(dtype=float)
+            lo = y - rows["ci_low"].to_numpy(dtype=float)
+            hi = rows["ci_high"].to_numpy(dtype=float) - y
+            ax.errorbar(
+                x,
+                y,
+                yerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]),
+                color=method_color(label),
+                ls=method_linestyle(label),
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=label,
+            )
+        ax.axhline(0.0, color="0.4", lw=0.8, zorder=0)
+        ax.set_xscale("log")
+        ax.set_xticks(alphas)
+        ax.set_xticklabels([f"{a:g}" for a in alphas])
+        ax.minorticks_off()
+        ax.set_xlabel("retraining subset fraction α (subsets of ⌊α·n⌋ training items)")
+        ax.set_ylabel(f"LDS (Spearman, mean over queries; {confidence:.0%} bootstrap CI)")
+        ax.set_title(title)
+        ax.legend(loc="best", frameon=False)
+    return fig

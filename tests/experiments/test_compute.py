@@ -1,0 +1,121 @@
+"""The compute experiment end to end on tiny grids: tables, slopes, crossover, time-to-equal-LDS."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import experiments.compute as compute
+from bifrepro.config import ConfigError
+from bifrepro.evaluation.cost import (
+    AdditiveCost,
+    crossover_queries,
+    fit_additive_cost,
+    loglog_slope,
+)
+from tests.experiments.test_lds import TINY, tiny_lds  # noqa: F401 - shared fixture
+
+GRIDS = [
+    "experiment=compute",
+    "compute.n_grid=[20,40]",
+    "compute.q_grid=[4,8]",
+    "compute.width_grid=[2,4]",
+    "compute.draws_grid=[4,8]",
+    "compute.n_base=40",
+    "compute.q_base=4",
+    "compute.grid_draws=4",
+    # GradSim as the reference keeps the test fast (kronfluence costs seconds per call even on
+    # tiny models; EK-FAC runs in the LDS test); the crossover logic does not depend on it
+    "compute.methods=[bif,gradsim]",
+    "compute.reference=gradsim",
+]
+
+
+def test_run_writes_tables_figures_and_mlflow(
+    tiny_lds,  # noqa: F811 - its retraining and score caches serve time-to-equal-LDS
+    hydra_compose,
+    mlflow_uri,
+    search_runs,
+) -> None:
+    results, _ = tiny_lds
+    overrides = [o for o in TINY if o != "experiment=lds"] + GRIDS
+    cfg = hydra_compose([*overrides, f"results_dir={results}", f"tracking.uri={mlflow_uri}"])
+    metrics = compute.run(cfg)
+    out = results / "compute"
+    for name in (
+        "cost_scaling.png",
+        "time_to_equal_lds.png",
+        "costs.csv",
+        "slopes.csv",
+        "crossover.csv",
+        "time_to_equal_lds.csv",
+        "bif_lds_vs_draws.csv",
+        "metrics.json",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    costs = pd.read_csv(out / "costs.csv")
+    # 2 methods on the n, q, n·q and width grids (2 points each), BIF alone on the draws grid
+    assert len(costs) == 2 * 2 * 4 + 2
+    assert costs["device"].str.startswith("cpu").all()
+    assert (costs["total_seconds"] > 0).all()
+    assert (costs["total_seconds"] >= costs["score_seconds"] - 1e-9).all()
+    bif = costs[costs["method"] == "BIF"]
+    assert (bif["fit_seconds"] < bif["score_seconds"]).all()
+    # scaled to the LDS sampler (2 chains x 12 draws) from the grid's 2 x 4 draws: more expensive
+    grid_bif = bif[bif["axis"] != "draws"]
+    assert (grid_bif["total_seconds_at_lds_draws"] > grid_bif["total_seconds"]).all()
+    draws = bif[bif["axis"] == "draws"].sort_values("draws")
+    assert draws["draws"].tolist() == [8, 16]
+    widths = costs[costs["axis"] == "num_params"]
+    assert widths["num_params"].nunique() == 2
+    slopes = pd.read_csv(out / "slopes.csv")
+    assert set(slopes["axis"]) == {"n_train", "n_query", "nq", "num_params", "draws"}
+    diagonal = costs[costs["axis"] == "nq"]
+    assert sorted(diagonal["x"].unique()) == [80, 320]
+    cross = pd.read_csv(out / "crossover.csv")
+    assert set(cross["n_train"]) == {20, 40}
+    t2e = pd.read_csv(out / "time_to_equal_lds.csv")
+    assert set(t2e["alpha"]) == {0.2, 0.5}
+    for a in (0.2, 0.5):
+        d = metrics[f"time_to_equal_lds/draws/alpha_{a:g}"]
+        assert d == math.inf or 2 <= d <= 24
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["device"].startswith("cpu")
+
+    runs = search_runs("compute")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    assert runs.iloc[0]["metrics.ratio/time_GradSim_over_BIF"] == pytest.approx(
+        metrics["ratio/time_GradSim_over_BIF"]
+    )
+
+
+def test_bad_grid_is_refused(hydra_compose, tmp_path) -> None:
+    cfg = hydra_compose(["experiment=compute", "compute.n_grid=[1,10]", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="n_grid"):
+        compute.run(cfg)
+    cfg = hydra_compose(["experiment=compute", "compute.reference=bif", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="reference"):
+        compute.run(cfg)
+
+
+def test_cost_models_recover_known_laws() -> None:
+    # an n-grid, a q-grid and a diagonal (a cross alone cannot separate c_nq from c_n and c_q)
+    n = np.array([100, 200, 400, 800, 100, 100, 100, 200, 400], dtype=float)
+    q = np.array([10, 10, 10, 10, 20, 40, 80, 20, 40], dtype=float)
+    bif = 0.5 + 0.01 * (n + q)  # draws x (n + q)
+    ekfac = 2.0 + 0.001 * n + 0.0004 * n * q  # fit + n q score
+    fb, fe = fit_additive_cost(n, q, bif), fit_additive_cost(n, q, ekfac)
+    assert fb.c_n == pytest.approx(0.01, rel=1e-3) and fb.c_nq == pytest.approx(0, abs=1e-9)
+    assert fe.c_nq == pytest.approx(0.0004, rel=1e-3)
+    # at n = 100: BIF 1.5 + 0.01 q, EK-FAC 2.1 + 0.04 q: BIF is cheaper from the first query
+    assert crossover_queries(fb, fe, 100) == 1.0
+    # at n = 1000: BIF 10.5 + 0.01 q, EK-FAC 3 + 0.4 q: equal at q = 7.5 / 0.39
+    assert crossover_queries(fb, fe, 1000) == pytest.approx(7.5 / 0.39)
+    assert crossover_queries(AdditiveCost(1, 0, 1, 0), AdditiveCost(0, 0, 0.5, 0), 10) == math.inf
+    slope, _ = loglog_slope([1, 10, 100], [3, 30, 300])
+    assert slope == pytest.approx(1.0)
+    assert math.isnan(loglog_slope([5, 5], [1, 2])[0])

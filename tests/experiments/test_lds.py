@@ -1,0 +1,230 @@
+"""The LDS experiment end to end: run(cfg), caches and resume, sweep stages, MLflow read-back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import experiments.lds as lds_exp
+from bifrepro.config import ConfigError
+from bifrepro.evaluation.lds import load_masks, subset_masks
+from bifrepro.evaluation.retrain import MissingRetrainError
+
+REPO = Path(__file__).resolve().parents[2]
+#: A tiny but complete run: 60 training digits, 10 queries, 2 fractions x 5 subsets.
+TINY = [
+    "experiment=lds",
+    "data.train_per_class=6",
+    "data.test_per_class=1",
+    "model.width=2",
+    "model.hidden=8",
+    "model.epochs=2",
+    "experiment.num_subsets=5",
+    "experiment.alphas=[0.2,0.5]",
+    "experiment.retrain_jobs=1",
+    "experiment.num_bootstrap=200",
+    "methods.bif.sampler.num_chains=2",
+    "methods.bif.sampler.num_draws=12",
+    "methods.bif.sampler.burn_in=2",
+    "methods.trak.proj_dim=128",
+]
+FILES = (
+    "lds_vs_alpha.png",
+    "lds.csv",
+    "lds_per_query.csv",
+    "costs.csv",
+    "bif_draws.csv",
+    "masks.npz",
+    "metrics.json",
+)
+VARIANTS = ("bif_covariance", "bif_correlation", "ekfac", "trak", "gradsim")
+
+
+def _cfg(hydra_compose, tmp_path: Path, mlflow_uri: str | None, *extra: str):
+    tracking = [f"tracking.uri={mlflow_uri}"] if mlflow_uri else ["tracking=disabled"]
+    return hydra_compose([*TINY, f"results_dir={tmp_path}", *tracking, *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_lds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """One tiny LDS run (no MLflow), shared: its caches serve later runs and the compute test."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import CONF_DIR
+
+    results = tmp_path_factory.mktemp("tiny_lds")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"results_dir={results}", "tracking=disabled"])
+    GlobalHydra.instance().clear()
+    return results, lds_exp.run(cfg)
+
+
+def test_run_writes_results_mlflow_and_reuses_caches(
+    tiny_lds, hydra_compose, mlflow_uri, search_runs
+) -> None:
+    results, first = tiny_lds
+    out = results / "lds"
+    cache = next((results / "cache" / "lds").iterdir())
+    entries = sorted(p.stat().st_mtime_ns for p in cache.glob("*/seed*.pt"))
+    assert len(entries) == 10  # 2 fractions x 5 subsets x 1 seed
+    # a second run (with MLflow): every retrained model, the full model and every score from cache
+    metrics = lds_exp.run(_cfg(hydra_compose, results, mlflow_uri))
+    assert sorted(p.stat().st_mtime_ns for p in cache.glob("*/seed*.pt")) == entries
+    assert pd.read_csv(out / "costs.csv")["from_cache"].all()
+    for key, value in first.items():
+        if key.startswith("lds/"):
+            assert metrics[key] == pytest.approx(value), key
+
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp"))
+    table = pd.read_csv(out / "lds.csv")
+    assert len(table) == len(VARIANTS) * 2
+    assert set(table["variant"]) == set(VARIANTS)
+    assert ((table["lds"] >= -1) & (table["lds"] <= 1)).all()
+    assert (table["ci_low"] <= table["lds"] + 1e-9).all()
+    assert (table["lds"] <= table["ci_high"] + 1e-9).all()
+    assert set(table["subset_size"]) == {12, 30}
+    for v in VARIANTS:
+        for a in (0.2, 0.5):
+            value = table[(table.variant == v) & (table.alpha == a)]["lds"].iloc[0]
+            assert metrics[f"lds/{v}/alpha_{a:g}"] == pytest.approx(value, abs=1e-5)
+    # the saved masks are the seeded ones
+    masks = load_masks(out / "masks.npz")
+    assert torch.equal(masks[0.2], subset_masks(60, 0.2, 5, seed=0))
+    per_query = pd.read_csv(out / "lds_per_query.csv")
+    assert len(per_query) == len(VARIANTS) * 2 * 10
+    curve = pd.read_csv(out / "bif_draws.csv")
+    assert curve["draws_per_chain"].max() == 12 and (curve["seconds"] > 0).all()
+    costs = pd.read_csv(out / "costs.csv").set_index("method")
+    assert (costs["device"] == "cpu").all() and (costs["total_seconds"] > 0).all()
+    assert costs.loc["bif", "fit_seconds"] < costs.loc["bif", "score_seconds"]  # no fit phase
+
+    runs = search_runs("lds")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    row = runs.iloc[0]
+    assert row["params.experiment.num_subsets"] == "5" and row["tags.dataset"] == "mnist5k"
+    assert row["metrics.lds/ekfac/alpha_0.5"] == pytest.approx(metrics["lds/ekfac/alpha_0.5"])
+    from bifrepro.tracking import get_client
+
+    client = get_client(mlflow_uri)
+    assert {a.path for a in client.list_artifacts(row["run_id"], "figures")} == {
+        "figures/lds_vs_alpha.png"
+    }
+    hist = client.get_metric_history(row["run_id"], "lds_vs_alpha_percent/gradsim")
+    assert sorted(m.step for m in hist) == [20, 50]
+
+
+def test_retrain_stage_then_merge(hydra_compose, tmp_path) -> None:
+    def stage(*extra: str) -> dict[str, float]:
+        return lds_exp.run(_cfg(hydra_compose, tmp_path, None, *extra))
+
+    # a "sweep job": subset 1 only, into the cache; nothing else is computed
+    assert stage("experiment.stage=retrain", "experiment.subset_index=1")["retrained_models"] == 2
+    assert not (tmp_path / "lds").exists()
+    # the merge step refuses to train and names what is missing
+    with pytest.raises(MissingRetrainError, match="4 of 5"):
+        stage("experiment.stage=evaluate", "experiment.methods=[gradsim]")
+    # the remaining jobs (here: one job for all subsets) train only what is missing
+    assert stage("experiment.stage=retrain")["retrained_models"] == 8
+    merged = stage("experiment.stage=evaluate", "experiment.methods=[gradsim]")
+    assert np.isfinite(merged["lds/gradsim/alpha_0.5"])
+    assert merged["retrained/margin_std_over_subsets/alpha_0.2"] > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("experiment.alphas=[0.5,1.5]", "experiment.alphas"),
+        ("experiment.methods=[bif,foo]", "experiment.methods"),
+        ("experiment.subset_index=7", "experiment.subset_index"),
+        ("experiment.alphas=[0.001]", "experiment.alphas"),  # floor(0.001 * 60) = 0 items
+        ("methods.bif.sampler.step_size=-1", "sampler.step_size"),
+    ],
+)
+def test_bad_config_fails_before_compute(hydra_compose, tmp_path, override: str, key: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=key.split(".")[-1]):
+        lds_exp.run(_cfg(hydra_compose, tmp_path, None, override))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_paper_setting_config_and_image_folder(hydra_compose, tmp_path) -> None:
+    """ResNet-9 on CIFAR-10 from a local folder: composes, refuses a missing root, loads a tree."""
+    from PIL import Image
+
+    cfg = hydra_compose(
+        ["experiment=lds_cifar10", f"results_dir={tmp_path}", "tracking=disabled", "data.root=null"]
+    )
+    assert cfg.model.name == "resnet9" and cfg.data.name == "cifar10"
+    with pytest.raises(ConfigError, match="CIFAR10_ROOT"):
+        lds_exp.run(cfg)
+    rng = np.random.default_rng(0)
+    for split, per in (("train", 6), ("test", 3)):
+        for c in ("cat", "dog"):
+            (tmp_path / "c10" / split / c).mkdir(parents=True)
+            for i in range(per):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "c10" / split / c / f"{i}.png"
+                )
+    cfg = hydra_compose(
+        [
+            "experiment=lds_cifar10",
+            f"data.root={tmp_path / 'c10'}",
+            "data.num_queries=4",
+            "model.width=2",
+        ]
+    )
+    from bifrepro.config import validate_config
+
+    vc = validate_config(cfg, groups=("data", "model", "experiment"))
+    data = lds_exp.load_lds_data(vc.data)
+    assert len(data.train) == 12 and len(data.queries) == 4 and data.num_classes == 2
+    x = data.train.tensors[0]
+    assert x.shape == (12, 3, 8, 8) and abs(float(x.mean())) < 1e-4  # normalised
+    model = lds_exp.model_spec(vc.model, data).build(0)
+    assert model(x).shape == (12, 2)
+
+
+@pytest.mark.slow
+def test_multirun_retrain_sweep_with_joblib_then_merge(mlflow_uri, tmp_path) -> None:
+    """The scale-out path: subset index as a sweep axis on the joblib launcher, then the merge."""
+    base = [
+        sys.executable,
+        "-m",
+        "experiments.lds",
+        *TINY,
+        f"results_dir={tmp_path}",
+        f"tracking.uri={mlflow_uri}",
+    ]
+    env = {**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    sweep = [
+        "-m",
+        "hydra/launcher=local_parallel",
+        "experiment.stage=retrain",
+        "experiment.subset_index=range(0,5)",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    proc = subprocess.run(
+        base + sweep, cwd=REPO, capture_output=True, text=True, timeout=900, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merge = subprocess.run(
+        base + ["experiment.stage=evaluate", "experiment.methods=[gradsim,ekfac]"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    saved = json.loads((tmp_path / "lds" / "metrics.json").read_text())
+    assert np.isfinite(saved["metrics"]["lds/ekfac/alpha_0.5"])
