@@ -77,7 +77,7 @@ reproduce-stagewise: $(STAMP)  ## Stagewise influence in an LM: per-token BIF ac
 
 sweep-stagewise: $(STAMP)  ## The same as a sweep: train, one Hydra job per checkpoint (local_parallel; SLURM: hydra/launcher=slurm), merge
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=train
-	$(PY) -m experiments.stagewise_lm -m experiment=stagewise_lm hydra/launcher=local_parallel experiment.mode=checkpoint 'experiment.checkpoint_index=range(0,10)'
+	$(PY) -m experiments.stagewise_lm -m experiment=stagewise_lm hydra/launcher=local_parallel experiment.mode=checkpoint 'experiment.checkpoint_index=range(0,12)'
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=merge
 
 sweep-toy: $(STAMP)  ## Multirun sweep of the toy over localization and nbeta (parent/child MLflow runs)

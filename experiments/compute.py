@@ -106,16 +106,18 @@ class ComputeConfig:
     time_to_equal_lds: bool = True
     #: Method BIF is compared with for the crossover and time-to-equal-LDS.
     reference: str = "ekfac"
-    #: BIF estimator of the time-to-equal-LDS comparison: covariance or correlation.
-    bif_estimator: str = "covariance"
     #: Device of the grids: "cpu", "cuda" or "auto" (CUDA when available).
     device: str = "cpu"
     #: null: results_dir/<experiment.name> (single run) or the Hydra job folder (multirun).
     output_dir: str | None = None
+    #: Torch intra-op threads while timing (null: torch's default); timings are labelled with it.
+    torch_threads: int | None = 1
     #: Progress bars (null: only on a terminal).
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.torch_threads is not None and self.torch_threads < 1:
+            _bad(self, "torch_threads", "must be >= 1 or null")
         for name in ("n_grid", "q_grid", "width_grid", "draws_grid"):
             v = getattr(self, name)
             if any(not isinstance(x, int) or x < 2 for x in v) or len(set(v)) != len(v):
@@ -130,8 +132,6 @@ class ComputeConfig:
             _bad(self, "grid_draws", "must be >= 2 or null")
         if self.reference not in _LABELS or self.reference == "bif":
             _bad(self, "reference", "must be ekfac, trak or gradsim")
-        if self.bif_estimator not in ("covariance", "correlation"):
-            _bad(self, "bif_estimator", "must be covariance or correlation")
 
 
 _REGISTERED = False
@@ -325,44 +325,48 @@ def _crossover(points: pd.DataFrame, comp: ComputeConfig) -> tuple[pd.DataFrame,
 
 
 def _time_to_equal_lds(
-    vc: Any, comp: ComputeConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], str]:
-    """BIF's LDS vs draws against the reference's LDS on the LDS task (cached retraining)."""
+    vc: Any, comp: ComputeConfig, label: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], Any]:
+    """BIF's LDS vs draws (both estimators) against the reference's LDS on the LDS task.
+
+    Retrained outputs come from the LDS cache; BIF and the reference are scored (and timed) in
+    this run unless ``experiment.reuse_scores`` is true.
+    """
     exp: lds_exp.LDSConfig = vc.experiment
     problem = lds_exp.prepare(exp, vc.data, vc.model, vc.seed, vc.results_dir)
     actual = lds_exp.actual_outputs(problem)
     model, _ = lds_exp.full_model(problem)
     runs = lds_exp.attribute(problem, model, vc.methods, ["bif", comp.reference])
-    bif_settings = method_config_from_mapping(vc.methods["bif"])
-    sampler = bif_settings.sampler
-    num_draws = sampler.num_draws
-    grid = sorted({int(round(x)) for x in np.geomspace(2, num_draws, 12)})
+    sampler = method_config_from_mapping(vc.methods["bif"]).sampler
+    grid = sorted({int(round(x)) for x in np.geomspace(2, sampler.num_draws, 12)})
     curve = lds_exp.bif_draws_curve(problem, runs["bif"], actual, sampler, grid)
-    curve = curve[curve["estimator"] == comp.bif_estimator].reset_index(drop=True)
     ref_run = runs[comp.reference]
     ref_seconds = ref_run.timings.get("total_seconds", math.nan)
-    ref_rows = []
-    for a, masks in problem.masks.items():
-        res = lds(ref_run.scores[comp.reference], masks, actual[a], num_bootstrap=0)
-        ref_rows.append({"alpha": a, "lds": res.mean, "seconds": ref_seconds})
-    reference = pd.DataFrame(ref_rows)
+    reference = pd.DataFrame([
+        {
+            "alpha": a,
+            "lds": lds(ref_run.scores[comp.reference], masks, actual[a], num_bootstrap=0).mean,
+            "seconds": ref_seconds,
+        }
+        for a, masks in problem.masks.items()
+    ])  # fmt: skip
     metrics: dict[str, float] = {}
     rows = []
-    for a in problem.masks:
+    for (est, a), sub in curve.groupby(["estimator", "alpha"]):
+        sub = sub.sort_values("total_draws")
         ref_lds = float(reference.loc[reference["alpha"] == a, "lds"].iloc[0])
-        sub = curve[curve["alpha"] == a].sort_values("total_draws")
         reached = sub[sub["lds"] >= ref_lds]
         draws = float(reached["total_draws"].iloc[0]) if len(reached) else math.inf
         secs = float(reached["seconds"].iloc[0]) if len(reached) else math.inf
-        key = f"alpha_{a:g}"
+        key = f"{est}/alpha_{a:g}"
         metrics[f"time_to_equal_lds/draws/{key}"] = draws
         metrics[f"time_to_equal_lds/seconds/{key}"] = secs
         metrics[f"time_to_equal_lds/bif_over_{comp.reference}_time/{key}"] = secs / ref_seconds
         rows.append({
+            "bif_estimator": est,
             "alpha": a,
             f"{comp.reference}_lds": ref_lds,
             f"{comp.reference}_seconds": ref_seconds,
-            "bif_estimator": comp.bif_estimator,
             "bif_lds_max_draws": float(sub["lds"].iloc[-1]),
             "bif_max_draws": float(sub["total_draws"].iloc[-1]),
             "bif_seconds_max_draws": float(sub["seconds"].iloc[-1]),
@@ -371,14 +375,12 @@ def _time_to_equal_lds(
             "reached": bool(len(reached)),
         })  # fmt: skip
     title = (
-        f"Time to equal LDS: BIF ({comp.bif_estimator}, first d draws of {sampler.num_chains} chains) "
-        f"vs {_LABELS[comp.reference]} on {problem.data.name} (n={problem.n_train}, q={problem.n_query}); "
-        f"device {runs['bif'].device}"
+        f"Time to equal LDS: BIF (first d draws of each of {sampler.num_chains} chains) vs "
+        f"{_LABELS[comp.reference]} on {problem.data.name} (n={problem.n_train}, "
+        f"q={problem.n_query}); {label}"
     )
     fig = plot_time_to_equal_lds(curve, reference, title, _LABELS[comp.reference])
-    table = pd.DataFrame(rows)
-    curve = curve.assign(reference_seconds=ref_seconds)
-    return table, curve, metrics, fig  # type: ignore[return-value]
+    return pd.DataFrame(rows), curve.assign(reference_seconds=ref_seconds), metrics, fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,8 +418,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = _output_dir(comp, vc.experiment.name, vc.results_dir)
     lds_sampler = method_config_from_mapping(vc.methods["bif"]).sampler
     metrics: dict[str, float] = {}
-    label = device_label(device)
-    with logging_redirect_tqdm(), start_run(cfg, tags={"device": label}) as tracker:
+    with (
+        lds_exp.torch_threads(comp.torch_threads),
+        logging_redirect_tqdm(),
+        start_run(cfg, tags={"device": device_label(device)}) as tracker,
+    ):
+        label = device_label(device)
         points = _scaling_grids(
             comp,
             vc.model,
@@ -461,7 +467,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         figures = {"cost_scaling.png": plot_cost_scaling(points, slope_map, title)}
         if comp.time_to_equal_lds and "bif" in vc.experiment.methods:
-            t2e, curve, tm, fig = _time_to_equal_lds(vc, comp)
+            t2e, curve, tm, fig = _time_to_equal_lds(vc, comp, label)
             tables["time_to_equal_lds.csv"] = t2e
             tables["bif_lds_vs_draws.csv"] = curve
             metrics.update(tm)

@@ -24,7 +24,8 @@ Stages (``experiment.stage``), so that retraining can be spread over machines:
   of what is missing, never training), attribute and evaluate.
 
 Outputs (``results/lds/``): ``lds_vs_alpha.png``, ``lds.csv`` (method × α: LDS, interval, spread),
-``lds_per_query.csv``, ``costs.csv`` (fit/score time and memory per method, with the device),
+``lds_per_query.csv``, ``lds_paired_vs_ekfac.csv`` (per-query difference from EK-FAC with a paired
+bootstrap interval), ``costs.csv`` (fit/score time and memory per method, with the device),
 ``bif_draws.csv`` (BIF's LDS from the first draws of each chain: the time-to-equal-LDS data),
 ``masks.npz`` (every subset), ``metrics.json``; the same to MLflow. Retrained outputs, the
 full-data model and the methods' scores are cached under ``results/cache/lds/``.
@@ -36,6 +37,7 @@ experiment=lds_cifar10``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -43,6 +45,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,14 @@ from bifrepro.attribution.registry import build_attributor
 from bifrepro.attribution.timing import AttributionTimings
 from bifrepro.config import ConfigError, register_configs, validate_config
 from bifrepro.data.images import EMBEDDED_IMAGE_DATASETS, load_embedded_images
-from bifrepro.evaluation.lds import LDSResult, lds, save_masks, subset_masks, subset_size
+from bifrepro.evaluation.lds import (
+    LDSResult,
+    bootstrap_mean_ci,
+    lds,
+    save_masks,
+    subset_masks,
+    subset_size,
+)
 from bifrepro.evaluation.retrain import (
     ModelSpec,
     RetrainCache,
@@ -98,6 +108,8 @@ __all__ = [
     "attribute",
     "evaluate",
     "bif_draws_curve",
+    "paired_differences",
+    "torch_threads",
     "run",
     "main",
 ]
@@ -222,10 +234,15 @@ class LDSConfig:
     output_dir: str | None = None
     #: Torch device for training and attribution: "auto" (CUDA when available), "cpu", "cuda".
     device: str = "cpu"
+    #: Torch intra-op threads of this process (null: torch's default). 1 is the safe choice on a
+    #: shared machine: small ops with 2+ OpenMP threads slow down ~20x when cores are contended.
+    torch_threads: int | None = 1
     #: Progress bars (null: only on a terminal).
     progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.torch_threads is not None:
+            _int_at_least(self, "torch_threads", 1)
         if not self.alphas or any(not 0.0 < float(a) < 1.0 for a in self.alphas):
             _bad(self, "alphas", "must be a non-empty list of fractions in (0, 1)")
         if len(set(self.alphas)) != len(self.alphas):
@@ -386,6 +403,18 @@ def _device(name: str) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -452,6 +481,11 @@ def prepare(
         equal_steps=exp.equal_steps,
         init=exp.init,
         device=str(device),
+        # the data is rebuilt from its settings on every run: key the cache by them (a content
+        # hash of normalised floats would change with the thread count of the normalisation)
+        data_key=json.dumps(
+            {"config": dataclasses.asdict(data_cfg), "n": n, "q": len(data.queries)}, sort_keys=True
+        ),
     )
     cache_root = (
         Path(exp.cache_dir).expanduser().resolve()
@@ -667,6 +701,39 @@ def evaluate(
     return pd.DataFrame(rows), pd.DataFrame(per_query), results
 
 
+def paired_differences(
+    results: dict[tuple[str, float], LDSResult],
+    reference: str = "ekfac",
+    num_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-query LDS difference of every variant from ``reference`` at each α (paired bootstrap).
+
+    All methods are scored on the same queries, so the per-query difference cancels the
+    query-to-query spread that makes the separate intervals overlap.
+    """
+    rows = []
+    for (variant, a), res in results.items():
+        ref = results.get((reference, a))
+        if ref is None or variant == reference:
+            continue
+        diff = res.per_query - ref.per_query
+        lo, hi = bootstrap_mean_ci(diff, num_bootstrap, confidence, seed)
+        finite = diff[np.isfinite(diff)]
+        rows.append({
+            "method": res.labels.get("method", variant),
+            "variant": variant,
+            "reference": reference,
+            "alpha": a,
+            "lds_difference": float(finite.mean()) if finite.size else math.nan,
+            "ci_low": lo,
+            "ci_high": hi,
+            "fraction_of_queries_better": float((finite > 0).mean()) if finite.size else math.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _draws_grid(num_draws: int, requested: list[int] | None) -> list[int]:
     if requested:
         return sorted({min(int(d), num_draws) for d in requested} | {num_draws})
@@ -824,7 +891,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     problem = prepare(exp, vc.data, vc.model, vc.seed, vc.results_dir)
     out_dir = _output_dir(exp, vc.results_dir)
     metrics: dict[str, float] = {}
-    with logging_redirect_tqdm(), start_run(cfg, tags={"device": str(problem.device)}) as tracker:
+    with (
+        torch_threads(exp.torch_threads),
+        logging_redirect_tqdm(),
+        start_run(cfg, tags={"device": str(problem.device)}) as tracker,
+    ):
         if exp.stage == "retrain":
             metrics = _retrain_stage(problem)
             tracker.log_metrics(metrics)
@@ -837,7 +908,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         model, info = full_model(problem)
         metrics.update({f"model/{k}": v for k, v in info.items()})
         runs = attribute(problem, model, vc.methods)
-        table, per_query, _ = evaluate(problem, runs, actual)
+        table, per_query, results = evaluate(problem, runs, actual)
+        paired = paired_differences(
+            results, "ekfac", exp.num_bootstrap, exp.confidence, exp.mask_seed
+        )
         for row in table.itertuples():
             key = f"{row.variant}/{_alpha_key(row.alpha)}"
             metrics[f"lds/{key}"] = float(row.lds)
@@ -847,11 +921,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update({f"cost/{name}/{k}": v for k, v in r.timings.items()})
             metrics.update({f"bif/{k}": v for k, v in r.chain_metrics.items()})
         sampler = None
+        for row in paired.itertuples():
+            key = f"{row.variant}/{_alpha_key(row.alpha)}"
+            metrics[f"lds_minus_ekfac/{key}"] = float(row.lds_difference)
+            metrics[f"lds_minus_ekfac_ci_low/{key}"] = float(row.ci_low)
+            metrics[f"lds_minus_ekfac_ci_high/{key}"] = float(row.ci_high)
         tables: dict[str, pd.DataFrame] = {
             "lds.csv": table,
             "lds_per_query.csv": per_query,
             "costs.csv": _costs_table(runs),
         }
+        if not paired.empty:
+            tables["lds_paired_vs_ekfac.csv"] = paired
         if "bif" in runs:
             sampler = method_config_from_mapping(vc.methods["bif"]).sampler
             curve = bif_draws_curve(problem, runs["bif"], actual, sampler, exp.bif_draws_grid)

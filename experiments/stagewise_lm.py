@@ -143,12 +143,16 @@ class StagewiseLMConfig:
     repeat_fraction: float = 0.25
     #: Share of query sequences (held-out text) whose first half is repeated as their second half.
     query_repeat_fraction: float = 0.5
-    #: Training sequences whose per-token losses are recorded on every draw (SGLD uses all).
+    #: Training sequences whose per-token losses are recorded on every draw (SGLD uses all):
+    #: corpus sequences and synthetic repeated-token sequences.
     num_observed: int = 48
+    num_observed_synthetic: int = 8
     #: Query sequences (held-out text, packed like the training data).
     num_query: int = 24
     #: BIF estimator of the figures: "correlation" or "covariance" (both are stored).
     normalize: str = "correlation"
+    #: Contiguous blocks of draws per chain behind the class-level standard errors.
+    se_blocks_per_chain: int = 5
     #: Induction probe: sequences, length of the repeated half, and the number of most frequent
     #: training tokens the random tokens are drawn from.
     induction_sequences: int = 64
@@ -200,9 +204,9 @@ class StagewiseLMConfig:
             bad("checkpoints", "must be a non-empty list of distinct labels")
         for name, low in (
             ("num_checkpoints", 2), ("first_checkpoint", 1), ("seq_len", 8),
-            ("num_observed", 2), ("num_query", 1), ("induction_sequences", 1),
+            ("num_observed", 2), ("num_observed_synthetic", 0), ("num_query", 1), ("induction_sequences", 1),
             ("induction_half_len", 2), ("induction_vocab", 2), ("pair_query_seqs", 1),
-            ("pair_train_seqs", 1), ("num_pairs", 1),
+            ("pair_train_seqs", 1), ("num_pairs", 1), ("se_blocks_per_chain", 1),
         ):  # fmt: skip
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -432,8 +436,16 @@ def _prepare(vc: Any, exp: StagewiseLMConfig, sampler: SGLDConfig) -> _Setup:
         )  # fmt: skip
     q_ids, q_mask = q_ids[: exp.num_query], q_mask[: exp.num_query]
     rng = np.random.default_rng(vc.seed)
-    n_obs = min(exp.num_observed, len(train_ids))
-    observed = np.sort(rng.choice(len(train_ids), n_obs, replace=False))
+    n_obs = min(exp.num_observed, n_corpus)
+    n_obs_synth = min(exp.num_observed_synthetic, n_synth)
+    observed = np.sort(
+        np.concatenate(
+            [
+                rng.choice(n_corpus, n_obs, replace=False),
+                n_corpus + rng.choice(n_synth, n_obs_synth, replace=False),
+            ]
+        )
+    ).astype(np.int64)
     obs_idx = torch.as_tensor(observed)
     classifier = TokenClassifier.from_tokenizer(tok, priority=tuple(exp.token_priority))
     obs_classes = classifier.classify(train_ids[obs_idx], train_mask[obs_idx])
@@ -607,7 +619,10 @@ def _checkpoint_job(
         q, t = traces["query"], traces["train"]
         k = len(TOKEN_CLASSES)
         for est in ("correlation", "covariance"):
-            ci = class_influence(q, t, s.query_classes, s.observed_classes, k, normalize=est)
+            ci = class_influence(
+                q, t, s.query_classes, s.observed_classes, k, normalize=est,
+                blocks_per_chain=min(exp.se_blocks_per_chain, max(q.shape[1] // 2, 1)),
+            )  # fmt: skip
             result[f"class_{est}"] = _class_dict(ci)
         pq, pt = min(exp.pair_query_seqs, q.shape[2]), min(exp.pair_train_seqs, t.shape[2])
         result["pairs"] = {
@@ -669,29 +684,50 @@ def _context(s_text: list[str], pos: int, width: int = 4) -> str:
 
 
 def _pick_pairs(
-    curves: np.ndarray, q_cls: np.ndarray, t_cls: np.ndarray, num: int, threshold: float
+    curves: np.ndarray,
+    q_cls: np.ndarray,
+    t_cls: np.ndarray,
+    num: int,
+    threshold: float,
+    window: tuple[int, int] | None = None,
 ) -> list[int]:
-    """Indices (into flattened pairs) of the strongest sign changes, diverse in classes."""
+    """Indices (into flattened pairs) of the strongest sign changes, diverse in classes.
+
+    With ``window = (i, j)`` (checkpoint indices around a transition) up to half of the pairs
+    are taken among those whose sign differs between checkpoints ``i`` and ``j``.
+    """
     c = np.nan_to_num(curves)
     valid = (q_cls[:, None] >= 0) & (t_cls[None, :] >= 0)
-    strength = np.minimum(c.max(0), -c.min(0)).reshape(valid.shape)
-    strength = np.where(valid & sign_flips(c, threshold).reshape(valid.shape), strength, -np.inf)
-    order = np.argsort(-strength.ravel())
+    strength = np.minimum(c.max(0), -c.min(0))
+    flips = valid.ravel() & sign_flips(c, threshold)
+    strength = np.where(flips, strength, -np.inf)
+    nt = valid.shape[1]
     chosen: list[int] = []
     used_q: set[int] = set()
     used_cls: set[tuple[int, int]] = set()
-    nt = valid.shape[1]
-    for strict in (True, False):
-        for idx in order:
-            if len(chosen) >= num or not np.isfinite(strength.ravel()[idx]):
-                break
-            qi, ti = divmod(int(idx), nt)
-            key = (int(q_cls[qi]), int(t_cls[ti]))
-            if idx in chosen or (strict and (qi in used_q or key in used_cls)):
-                continue
-            chosen.append(int(idx))
-            used_q.add(qi)
-            used_cls.add(key)
+
+    def take(candidates: np.ndarray, limit: int) -> None:
+        order = candidates[np.argsort(-strength[candidates])]
+        for strict in (True, False):
+            for idx in order:
+                if len(chosen) >= limit or not np.isfinite(strength[idx]):
+                    return
+                qi, ti = divmod(int(idx), nt)
+                key = (int(q_cls[qi]), int(t_cls[ti]))
+                if int(idx) in chosen or (strict and (qi in used_q or key in used_cls)):
+                    continue
+                chosen.append(int(idx))
+                used_q.add(qi)
+                used_cls.add(key)
+
+    if window is not None and window[1] > window[0]:
+        scale = np.abs(c).max(0)
+        a, b = c[window[0]], c[window[1]]
+        across = (np.sign(a) * np.sign(b) < 0) & (
+            np.minimum(np.abs(a), np.abs(b)) > threshold * scale
+        )
+        take(np.flatnonzero(across & flips), max(1, num // 2))
+    take(np.arange(c.shape[1]), num)
     return chosen
 
 
@@ -802,6 +838,20 @@ def _merge(
             metrics[f"{key}/change_across_induction"] = float(row.change)
             metrics[f"{key}/change_z"] = float(row.change_z)
     metrics["class_sign_flip_fraction"] = float(flips.mean())
+    # is the change across the induction transition larger than across an equally long (in log
+    # steps) window just before it? Mean |change| over the K x K class pairs.
+    if before is not None and after is not None and after > before:
+        span = steps[after] / max(steps[before], 1)
+        ctrl = int(np.argmin(np.abs(np.log(np.maximum(steps, 1)) - math.log(steps[before] / span))))
+        d_trans = np.abs(m_est[after] - m_est[before])
+        metrics["class_change/mean_abs_across_induction"] = float(np.nanmean(d_trans))
+        if ctrl < before:
+            d_ctrl = np.abs(m_est[before] - m_est[ctrl])
+            metrics["class_change/control_from_step"] = float(steps[ctrl])
+            metrics["class_change/mean_abs_control_window"] = float(np.nanmean(d_ctrl))
+            metrics["class_change/ratio_induction_over_control"] = float(
+                np.nanmean(d_trans) / np.nanmean(d_ctrl)
+            )
     if "change_z" in changes.columns:
         z = np.abs(changes["change_z"].to_numpy(dtype=float))
         metrics["class_pairs_changed_2se_fraction"] = float(np.nanmean(z > 2))
@@ -818,7 +868,12 @@ def _merge(
         flat = stack.reshape(len(pair_list), pq * tq * pt * tt)
         q_cls = s.query_classes[:pq].reshape(-1).numpy()
         t_cls = s.observed_classes[:pt].reshape(-1).numpy()
-        chosen = _pick_pairs(flat, q_cls, t_cls, exp.num_pairs, exp.flip_threshold)
+        window = None
+        if before is not None and after is not None:
+            kept = [int(r["step"]) for r in pair_list]
+            if steps[before] in kept and steps[after] in kept:
+                window = (kept.index(steps[before]), kept.index(steps[after]))
+        chosen = _pick_pairs(flat, q_cls, t_cls, exp.num_pairs, exp.flip_threshold, window)
         tok = s.classifier
         q_text = [[tok.text(int(i)) for i in row] for row in s.query_ids[:pq].tolist()]
         t_text = [[tok.text(int(i)) for i in row] for row in s.observed_ids[:pt].tolist()]
@@ -902,7 +957,7 @@ def _merge(
         "fig1_stages.png": plot_stages(
             loss_steps, curve, steps, ind, first, second, marks, eval_loss=q_loss, llc=llc,
             llc_se=llc_se,
-            title=f"Stages of {model_desc}: loss, induction probe, LLC ({sampler_note})",
+            title=f"Stages of {model_desc}\nloss, induction probe, LLC ({sampler_note})",
         ),
         "fig2_class_influence.png": plot_class_influence(
             steps, m_est, se_est, names, marks, ind, healthy, ylabel=ylabel,
@@ -930,7 +985,7 @@ def _merge(
     figures["fig4_class_matrices.png"] = plot_class_matrices(
         [steps[i] for i in key_idx], m_est[key_idx], names,
         title=f"Class x class influence at key checkpoints (induction transition: onset "
-        f"{trans.onset:.0f}, end {trans.end:.0f}); {note}",
+        f"{trans.onset:.0f}, end {trans.end:.0f})\n{note}",
         panel_labels=plabels,
     )  # fmt: skip
     figures = {k_: v for k_, v in figures.items() if v is not None}

@@ -189,7 +189,9 @@ class TokenClassifier:
         and padding."""
         ids = torch.as_tensor(input_ids)
         if ids.dim() == 1:
-            return self.classify(ids[None], None if attention_mask is None else attention_mask[None])[0]
+            return self.classify(
+                ids[None], None if attention_mask is None else attention_mask[None]
+            )[0]
         n, t = ids.shape
         mask = (
             torch.ones_like(ids, dtype=torch.bool)
@@ -220,7 +222,9 @@ class TokenClassifier:
                 for name in matched:
                     rules[name][r, s] = True
                 prev = i
-        rules["induction"] = induction_targets(ids, mask, exclude_prefix=rules["delimiter"] | special)
+        rules["induction"] = induction_targets(
+            ids, mask, exclude_prefix=rules["delimiter"] | special
+        )
         rules["induction"] &= ~special
         out = torch.full((n, t), IGNORE, dtype=torch.long)
         for name in reversed(self.priority):  # highest priority written last

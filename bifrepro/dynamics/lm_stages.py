@@ -112,7 +112,7 @@ def repeated_random_tokens(
 class RandomRepeats:
     """Training-batch transform: each sequence becomes, with probability ``fraction``, a fresh
     random-token sequence ``[BOS] a r r b`` (see :meth:`sample`: a span ``r`` of random length
-    and position repeated once, tokens drawn from ``candidates``, independently unless
+    and position, repeated once; tokens drawn from ``candidates``, independently unless
     ``distinct``).
 
     Fresh tokens at every step mean these sequences cannot be memorised: the only way to predict
@@ -131,12 +131,16 @@ class RandomRepeats:
         seed: int = 0,
         distinct: bool = False,
         min_half: int = 4,
+        max_half: int | None = None,
+        tile: bool = False,
     ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction={fraction} must be in [0, 1]")
-        if min_half < 2:
-            raise ValueError(f"min_half={min_half} must be >= 2")
+        if min_half < 2 or (max_half is not None and max_half < min_half):
+            raise ValueError(f"need 2 <= min_half={min_half} <= max_half={max_half}")
         self.min_half = int(min_half)
+        self.max_half = None if max_half is None else int(max_half)
+        self.tile = bool(tile)
         self.candidates = torch.as_tensor(candidates, dtype=torch.long)
         self.fraction = float(fraction)
         self.bos_id, self.pad_id, self.seed = int(bos_id), int(pad_id), int(seed)
@@ -151,6 +155,8 @@ class RandomRepeats:
             "pad": self.pad_id,
             "distinct": self.distinct,
             "min_half": self.min_half,
+            "max_half": self.max_half,
+            "tile": self.tile,
             "candidates": self.candidates.tolist(),
         }
 
@@ -159,28 +165,31 @@ class RandomRepeats:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``num`` fresh sequences ``[BOS] a r r b`` of length ``seq_len`` (ids, mask).
 
-        ``r`` has a random length ``L`` in ``[min_half, (seq_len-1)//2]`` and starts at a random
-        offset; ``a`` and ``b`` are random filler tokens. A fixed period would let one attention
-        head copy by relative position alone (attend ``L`` tokens back); a random period leaves
-        only content-based copying, i.e. an induction head.
+        A span ``r`` of random length ``L`` in ``[min_half, max_half]`` (default max:
+        ``(seq_len-1)//2``) starts at a random offset after random filler ``a`` and occurs twice
+        (with ``tile``: repeats to the end of the sequence); ``b`` is random filler. A fixed
+        period would let one attention head copy by relative position alone (attend ``L`` tokens
+        back); a random period leaves only content-based copying, i.e. an induction head.
         """
         k_max = (seq_len - 1) // 2
         if k_max < self.min_half:
             raise ValueError(f"seq_len={seq_len} is too short for two copies of {self.min_half}")
+        hi = k_max if self.max_half is None else min(self.max_half, k_max)
         n_cand = len(self.candidates)
         ids = self.candidates[torch.randint(n_cand, (num, seq_len), generator=generator)]
         ids[:, 0] = self.bos_id
         for i in range(num):
-            half = int(torch.randint(self.min_half, k_max + 1, (1,), generator=generator))
-            start = 1 + int(torch.randint(0, seq_len - 1 - 2 * half + 1, (1,), generator=generator))
+            half = int(torch.randint(self.min_half, hi + 1, (1,), generator=generator))
+            start = 1 + int(torch.randint(0, seq_len - 2 * half, (1,), generator=generator))
             if self.distinct:
                 if n_cand < half:
                     raise ValueError(f"{n_cand} candidate tokens for {half} distinct ones")
-                r = self.candidates[torch.randperm(n_cand, generator=generator)[:half]]
-                ids[i, start : start + half] = r
-            else:
-                r = ids[i, start : start + half]
-            ids[i, start + half : start + 2 * half] = r
+                ids[i, start : start + half] = self.candidates[
+                    torch.randperm(n_cand, generator=generator)[:half]
+                ]
+            stop = seq_len if self.tile else start + 2 * half
+            for p in range(start + half, stop):
+                ids[i, p] = ids[i, p - half]
         return ids, torch.ones_like(ids)
 
     def __call__(
@@ -458,15 +467,18 @@ class ClassInfluence:
     Attributes:
         mean: ``[K, K]`` pooled estimate (all chains x draws), row = query class, column =
             training class; NaN where a class has no tokens. Positive = helpful.
-        std_error: ``[K, K]`` spread of the per-chain estimates / sqrt(chains) (NaN for one chain).
-        per_chain: ``[C, K, K]`` the same estimate from each chain alone.
+        std_error: ``[K, K]`` standard deviation of the block estimates over sqrt(number of
+            blocks) (NaN for a single block): blocks are contiguous runs of draws, treated as
+            independent, so this is approximate (it ignores correlation between blocks).
+        per_block: ``[C·B, K, K]`` the same estimate from each block of draws alone (``B``
+            blocks per chain; ``B = 1``: one estimate per chain).
         query_counts, train_counts: ``[K]`` tokens per class.
         normalize: "correlation" or "covariance".
     """
 
     mean: torch.Tensor
     std_error: torch.Tensor
-    per_chain: torch.Tensor
+    per_block: torch.Tensor
     query_counts: torch.Tensor
     train_counts: torch.Tensor
     normalize: str
@@ -503,6 +515,7 @@ def class_influence(
     num_classes: int,
     normalize: str = "correlation",
     block_size: int = 4096,
+    blocks_per_chain: int = 1,
 ) -> ClassInfluence:
     """Class x class per-token BIF, never materialising the token x token matrix.
 
@@ -517,6 +530,9 @@ def class_influence(
         query_classes, train_classes: class id per token, shaped like one draw of the traces.
         num_classes: ``K``.
         normalize: "correlation" (Pearson, default) or "covariance" (``+Cov``, ddof 1).
+        block_size: tokens whose traces are centred at once (memory bound).
+        blocks_per_chain: contiguous blocks of draws per chain for the standard error (with 2
+            chains, per-chain estimates alone give a standard error with one degree of freedom).
     """
     if normalize not in ("correlation", "covariance"):
         raise ValueError(f"normalize must be 'correlation' or 'covariance', got {normalize!r}")
@@ -541,18 +557,28 @@ def class_influence(
             m = m / max(q.shape[0] - 1, 1)
         return torch.where(pair_counts > 0, m / pair_counts.clamp_min(1), torch.nan)
 
+    if not 1 <= blocks_per_chain <= max(d // 2, 1):
+        raise ValueError(f"blocks_per_chain={blocks_per_chain} must be in [1, draws/2 = {d // 2}]")
     q_all = query_traces.reshape(c * d, -1)
     t_all = train_traces.reshape(c * d, -1)
     pooled = estimate(q_all, t_all)
-    per_chain = torch.stack(
-        [estimate(query_traces[i].reshape(d, -1), train_traces[i].reshape(d, -1)) for i in range(c)]
+    edges = np.linspace(0, d, blocks_per_chain + 1).astype(int)
+    per_block = torch.stack(
+        [
+            estimate(
+                query_traces[i, a:b].reshape(b - a, -1), train_traces[i, a:b].reshape(b - a, -1)
+            )
+            for i in range(c)
+            for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
     )
+    n_blocks = per_block.shape[0]
     se = (
-        per_chain.std(0, unbiased=True) / math.sqrt(c)
-        if c > 1
+        per_block.std(0, unbiased=True) / math.sqrt(n_blocks)
+        if n_blocks > 1
         else torch.full_like(pooled, math.nan)
     )
-    return ClassInfluence(pooled, se, per_chain, nq.long(), nt.long(), normalize)
+    return ClassInfluence(pooled, se, per_block, nq.long(), nt.long(), normalize)
 
 
 def sign_flips(curves: np.ndarray | torch.Tensor, threshold: float = 0.2) -> np.ndarray:

@@ -45,12 +45,13 @@ log = logging.getLogger(__name__)
 
 
 def device_label(device: torch.device | str) -> str:
-    """``"cpu (16 threads)"`` or ``"cuda:0 (NVIDIA H200)"``: what a timing ran on."""
+    """``"cpu (1 thread)"`` or ``"cuda:0 (NVIDIA H200)"``: what a timing ran on."""
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def time_method(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
 from bifrepro.plots.lds import method_color, method_linestyle
 from bifrepro.plots.style import LEVEL_COLORS, house_style, new_figure
@@ -21,6 +23,14 @@ AXIS_LABELS: dict[str, str] = {
     "num_params": "model parameters d",
     "draws": "BIF draws (chains × draws per chain)",
 }
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Log axes labelled at decades only (the default minor labels collide in narrow panels)."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10))
+        axis.set_major_formatter(LogFormatterSciNotation(base=10))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def plot_cost_scaling(
@@ -68,6 +78,7 @@ def plot_cost_scaling(
             for ax in (ax_t, ax_m):
                 ax.set_xscale("log")
                 ax.set_yscale("log")
+                _plain_log_ticks(ax)
             ax_t.set_title(f"vs {AXIS_LABELS.get(axis, axis)}")
             ax_m.set_xlabel(AXIS_LABELS.get(axis, axis))
             ax_t.legend(frameon=False, fontsize=6.5, loc="upper left")
@@ -83,41 +94,55 @@ def plot_time_to_equal_lds(
     title: str,
     reference_label: str = "EK-FAC",
 ) -> Figure:
-    """BIF's LDS as draws accumulate, against the reference method's LDS and time, per α.
+    """BIF's LDS as draws accumulate against the reference method's LDS and time, per α.
+
+    One row per BIF estimator (``estimator`` column; one row if absent): LDS against draws (left)
+    and against wall time (right); dashed lines are the reference's LDS, stars its time.
 
     Args:
-        curve: BIF rows with ``alpha``, ``total_draws``, ``seconds``, ``lds`` (one estimator).
+        curve: BIF rows with ``alpha``, ``total_draws``, ``seconds``, ``lds`` (and ``estimator``).
         reference: the reference method's rows with ``alpha``, ``lds``, ``seconds``.
         title: figure title.
         reference_label: legend name of the reference method.
     """
+    if "estimator" not in curve:
+        curve = curve.assign(estimator="")
+    estimators = list(dict.fromkeys(curve["estimator"]))
     alphas = sorted(curve["alpha"].unique())
     with house_style():
-        fig, axes = new_figure(1, 2, width=9.6, height=3.8, sharey=True)
-        for k, a in enumerate(alphas):
-            color = LEVEL_COLORS[k % len(LEVEL_COLORS)]
-            rows = curve[curve["alpha"] == a].sort_values("total_draws")
-            ref = reference[reference["alpha"] == a]
-            for ax, x in ((axes[0, 0], "total_draws"), (axes[0, 1], "seconds")):
-                ax.plot(rows[x], rows["lds"], color=color, marker="o", ms=3.5, label=f"BIF α={a:g}")
+        fig, axes = new_figure(
+            len(estimators), 2, width=9.6, height=3.4 * len(estimators), sharey="row"
+        )
+        for r, est in enumerate(estimators):
+            left, right = axes[r, 0], axes[r, 1]
+            for k, a in enumerate(alphas):
+                color = LEVEL_COLORS[k % len(LEVEL_COLORS)]
+                rows = curve[(curve["estimator"] == est) & (curve["alpha"] == a)]
+                rows = rows.sort_values("total_draws")
+                ref = reference[reference["alpha"] == a]
+                for ax, x in ((left, "total_draws"), (right, "seconds")):
+                    ax.plot(
+                        rows[x], rows["lds"], color=color, marker="o", ms=3.5, label=f"BIF α={a:g}"
+                    )
+                    if not ref.empty:
+                        ax.axhline(float(ref["lds"].iloc[0]), color=color, ls="--", lw=1.0)
                 if not ref.empty:
-                    ax.axhline(float(ref["lds"].iloc[0]), color=color, ls="--", lw=1.0)
-            if not ref.empty:
-                axes[0, 1].plot(
-                    float(ref["seconds"].iloc[0]),
-                    float(ref["lds"].iloc[0]),
-                    marker="*",
-                    ms=11,
-                    color=color,
-                    ls="none",
-                    label=f"{reference_label} α={a:g}",
-                )
-        axes[0, 0].set_xscale("log")
-        axes[0, 1].set_xscale("log")
-        axes[0, 0].set_xlabel("BIF draws used (all chains)")
-        axes[0, 1].set_xlabel("wall time (s)")
-        axes[0, 0].set_ylabel(f"LDS (dashed: {reference_label})")
-        axes[0, 0].legend(frameon=False, fontsize=7)
-        axes[0, 1].legend(frameon=False, fontsize=7, ncol=2)
+                    right.plot(
+                        float(ref["seconds"].iloc[0]),
+                        float(ref["lds"].iloc[0]),
+                        marker="*",
+                        ms=11,
+                        color=color,
+                        ls="none",
+                        label=f"{reference_label} α={a:g}",
+                    )
+            for ax in (left, right):
+                ax.set_xscale("log")
+            name = f"BIF ({est})" if est else "BIF"
+            left.set_ylabel(f"LDS of {name}\n(dashed: {reference_label})")
+            left.set_xlabel("BIF draws used (all chains)")
+            right.set_xlabel("wall time (s)")
+            left.legend(frameon=False, fontsize=7)
+            right.legend(frameon=False, fontsize=6.5, ncol=2)
         fig.suptitle(title)
     return fig

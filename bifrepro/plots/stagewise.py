@@ -51,15 +51,21 @@ def _log_x(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _transitions(ax: Axes, transitions: Mapping[str, float], label: bool) -> None:
+_TRANSITION_COLORS = (INDUCTION_COLOR, *LEVEL_COLORS[1:])
+
+
+def _transitions(ax: Axes, transitions: Mapping[str, float], label: bool = False) -> None:
+    """Dashed lines at the transitions; ``label`` adds them to the axes' legend handles."""
     names = list(transitions)
     mark_transitions(
-        ax,
-        [transitions[n] for n in names],
-        names,
-        colors=[INDUCTION_COLOR, *LEVEL_COLORS[1:]],
-        label_text=label,
+        ax, [transitions[n] for n in names], names, colors=_TRANSITION_COLORS, label_text=False
     )
+    if label:
+        for k, n in enumerate(names):
+            v = transitions[n]
+            if v is not None and v == v:
+                ax.plot([], [], ls="--", lw=1.0, color=_TRANSITION_COLORS[k % len(_TRANSITION_COLORS)],
+                        label=f"{n}: step {v:.0f}")  # fmt: skip
 
 
 def _induction_strip(
@@ -69,11 +75,15 @@ def _induction_strip(
     transitions: Mapping[str, float],
     xlabel: str,
 ) -> None:
-    ax.plot(_x(steps), np.asarray(score, dtype=float), color=INDUCTION_COLOR, marker="o", ms=3)
+    ax.plot(
+        _x(steps), np.asarray(score, dtype=float), color=INDUCTION_COLOR, marker="o", ms=3,
+        label="induction score",
+    )  # fmt: skip
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("induction\nscore (nats)")
     _log_x(ax)
-    _transitions(ax, transitions, label=False)
+    _transitions(ax, transitions, label=True)
+    ax.legend(loc="upper left", frameon=True, framealpha=0.85, fontsize=7)
     ax.set_xlabel(xlabel)
 
 
@@ -97,9 +107,7 @@ def _curve(
         ax.fill_between(x, y - se, y + se, color=color, alpha=0.2, lw=0, zorder=2)
     ax.scatter(x[healthy], y[healthy], s=9, color=color, zorder=4)
     if (~healthy).any():
-        ax.scatter(
-            x[~healthy], y[~healthy], s=16, facecolors="white", edgecolors=color, zorder=4
-        )
+        ax.scatter(x[~healthy], y[~healthy], s=16, facecolors="white", edgecolors=color, zorder=4)
 
 
 def plot_stages(
@@ -135,13 +143,15 @@ def plot_stages(
         )  # fmt: skip
         ax = axes[0, 0]
         if train_steps is not None and train_loss is not None:
-            ax.plot(_x(train_steps), train_loss, color="k", lw=0.8, alpha=0.7, label="training loss")
+            ax.plot(
+                _x(train_steps), train_loss, color="k", lw=0.8, alpha=0.7, label="training loss"
+            )
         if eval_loss is not None:
             ax.plot(x, eval_loss, color=_BIF, marker="o", ms=3, lw=1.2, label="query loss at w*")
         _log_x(ax)
         ax.set_ylabel("loss (nats/token)")
-        ax.legend(loc="upper right", frameon=True, framealpha=0.85)
         _transitions(ax, transitions, label=True)
+        ax.legend(loc="lower left", frameon=True, framealpha=0.85)
         ax.set_title(title)
 
         ax = axes[1, 0]
@@ -209,7 +219,7 @@ def plot_class_influence(
                 ax.axhline(0, color="k", lw=0.5)
                 _log_x(ax)
                 _symmetric(ax, [y if s is None else np.abs(y) + np.nan_to_num(s)])
-                _transitions(ax, transitions, label=(r == 0 and c == k - 1))
+                _transitions(ax, transitions)
                 ax.tick_params(labelsize=6.5)
                 if r == 0:
                     ax.set_title(f"train: {class_names[c]}", fontsize=8)
@@ -219,7 +229,7 @@ def plot_class_influence(
         ax = fig.add_subplot(gs[k, :], sharex=first)
         _induction_strip(
             ax, steps, induction, transitions,
-            "training step (log scale); band: ±1 s.e. over chains; hollow: unhealthy chains",
+            "training step (log scale); band: ±1 s.e. (blocks of draws); hollow: unhealthy chains",
         )  # fmt: skip
         fig.suptitle(title)
     return fig
@@ -251,12 +261,10 @@ def plot_token_pairs(
             ax.axhline(0, color="k", lw=0.6)
             _log_x(ax)
             _symmetric(ax, [c[:, k]])
-            _transitions(ax, transitions, label=(k == 0))
+            _transitions(ax, transitions)
             ax.set_ylabel(ylabel)
             ax.set_title(panel_titles[k], loc="left", fontsize=8)
-        _induction_strip(
-            axes[p, 0], steps, induction, transitions, "training step (log scale)"
-        )
+        _induction_strip(axes[p, 0], steps, induction, transitions, "training step (log scale)")
         fig.suptitle(title)
     return fig
 

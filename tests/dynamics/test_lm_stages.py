@@ -96,6 +96,16 @@ def test_random_repeats_batch_transform() -> None:
     halves = {max(h for _, h in _repeats(r.tolist(), 3)) for r in many}
     starts = {min(a for a, _ in _repeats(r.tolist(), 3)) for r in many}
     assert len(halves) >= 4 and len(starts) >= 4 and max(halves) <= 10
+    # max_half + tile: a short span tiled to the end of the sequence (period <= 4 from some point on)
+    tiled, _ = RandomRepeats(cand, 1.0, 0, 1, min_half=3, max_half=4, tile=True).sample(
+        20, 21, torch.Generator().manual_seed(1)
+    )
+    for r in tiled.tolist():
+        assert any(
+            all(r[p] == r[p - h] for p in range(a + h, 21)) and 21 - a >= 2 * h
+            for h in (3, 4)
+            for a in range(1, 21 - 2 * h + 1)
+        )
     # a function of (seed, step) only: the same step gives the same batch, another step not
     assert torch.equal(aug(3, ids, mask)[0], new) and not torch.equal(aug(4, ids, mask)[0], new)
     half = RandomRepeats(cand, 0.5, 0, 1, seed=0)
@@ -231,13 +241,23 @@ def test_class_influence_equals_the_mean_of_token_scores(normalize: str) -> None
     assert ci.query_counts.tolist() == [6, 1, 0, 0] and ci.train_counts.tolist() == [4, 4, 4, 0]
     # the planted signs: train class 1 helps query class 0, class 2 hurts it, class 0 ~ nothing
     assert ci.mean[0, 1] > 0 and ci.mean[0, 2] < 0 and abs(ci.mean[0, 0]) < 0.5 * ci.mean[0, 1]
-    assert ci.per_chain.shape == (3, k, k)
+    assert ci.per_block.shape == (3, k, k)
     assert torch.all(ci.std_error[:2, :3] > 0)
     # per-chain estimates agree with scoring each chain alone
     one = bif_scores(q[1:2], t[1:2], normalize=normalize).double()
-    assert float(ci.per_chain[1, 0, 1]) == pytest.approx(
+    assert float(ci.per_block[1, 0, 1]) == pytest.approx(
         float(one[q_cls == 0][:, t_cls == 1].mean()), rel=1e-4
     )
+    # blocks of draws: 4 per chain -> 12 estimates; block 5 = chain 1, draws 100..199
+    cb = class_influence(q, t, q_cls, t_cls, k, normalize=normalize, blocks_per_chain=4)
+    assert cb.per_block.shape == (12, k, k)
+    assert torch.allclose(cb.mean, ci.mean, equal_nan=True)
+    blk = bif_scores(q[1:2, 100:200], t[1:2, 100:200], normalize=normalize).double()
+    assert float(cb.per_block[5, 0, 2]) == pytest.approx(
+        float(blk[q_cls == 0][:, t_cls == 2].mean()), rel=1e-4
+    )
+    with pytest.raises(ValueError, match="blocks_per_chain"):
+        class_influence(q, t, q_cls, t_cls, k, blocks_per_chain=300)
 
 
 def test_class_influence_checks_shapes() -> None:

@@ -124,6 +124,10 @@ def test_fingerprint_covers_config_and_data_but_not_seed_or_device() -> None:
     train, query, _ = regression_data(seed=1)
     assert dataclasses.replace(r, train_data=train).fingerprint() != fp
     assert dataset_fingerprint(train) != dataset_fingerprint(r.train_data)
+    # a data key stands in for the content hash (data rebuilt from settings on every run)
+    keyed = dataclasses.replace(r, data_key="mnist5k:100/class")
+    assert keyed.fingerprint() != fp
+    assert dataclasses.replace(keyed, train_data=train).fingerprint() == keyed.fingerprint()
     assert dataset_fingerprint(torch.utils.data.Subset(train, range(40))) == dataset_fingerprint(
         torch.utils.data.Subset(train, range(40))
     )

@@ -79,10 +79,16 @@ def test_run_writes_tables_figures_and_mlflow(
     cross = pd.read_csv(out / "crossover.csv")
     assert set(cross["n_train"]) == {20, 40}
     t2e = pd.read_csv(out / "time_to_equal_lds.csv")
-    assert set(t2e["alpha"]) == {0.2, 0.5}
-    for a in (0.2, 0.5):
-        d = metrics[f"time_to_equal_lds/draws/alpha_{a:g}"]
-        assert d == math.inf or 2 <= d <= 24
+    assert len(t2e) == 4 and set(t2e["alpha"]) == {0.2, 0.5}
+    assert set(t2e["bif_estimator"]) == {"covariance", "correlation"}
+    for est in ("covariance", "correlation"):
+        for a in (0.2, 0.5):
+            d = metrics[f"time_to_equal_lds/draws/{est}/alpha_{a:g}"]
+            assert d == math.inf or 4 <= d <= 24  # 2 chains x 2..12 draws
+            row = t2e[(t2e.bif_estimator == est) & (t2e.alpha == a)].iloc[0]
+            assert bool(row["reached"]) == math.isfinite(d)
+            if math.isfinite(d):
+                assert row["bif_lds_max_draws"] >= row["gradsim_lds"] or d < 24
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["device"].startswith("cpu")
 

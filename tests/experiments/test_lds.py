@@ -101,6 +101,15 @@ def test_run_writes_results_mlflow_and_reuses_caches(
     # the saved masks are the seeded ones
     masks = load_masks(out / "masks.npz")
     assert torch.equal(masks[0.2], subset_masks(60, 0.2, 5, seed=0))
+    paired = pd.read_csv(out / "lds_paired_vs_ekfac.csv")
+    assert len(paired) == (len(VARIANTS) - 1) * 2 and "ekfac" not in set(paired["variant"])
+    row = paired[(paired.variant == "gradsim") & (paired.alpha == 0.5)].iloc[0]
+    lds_of = table.set_index(["variant", "alpha"])["lds"]
+    if table["num_queries"].eq(10).all():  # no undefined query: the mean difference is exact
+        assert row["lds_difference"] == pytest.approx(
+            lds_of[("gradsim", 0.5)] - lds_of[("ekfac", 0.5)], abs=1e-5
+        )
+    assert row["ci_low"] <= row["lds_difference"] <= row["ci_high"]
     per_query = pd.read_csv(out / "lds_per_query.csv")
     assert len(per_query) == len(VARIANTS) * 2 * 10
     curve = pd.read_csv(out / "bif_draws.csv")

@@ -70,6 +70,9 @@ def test_time_to_equal_lds_marks_the_reference() -> None:
     )
     ref = pd.DataFrame({"alpha": [0.1, 0.5], "lds": [0.15, 0.5], "seconds": [3.0, 3.0]})
     fig = plot_time_to_equal_lds(curve, ref, "t")
+    assert len(fig.axes) == 2  # one estimator: one row
+    two = pd.concat([curve.assign(estimator="covariance"), curve.assign(estimator="correlation")])
+    assert len(plot_time_to_equal_lds(two, ref, "t").axes) == 4
     right = fig.axes[1]
     labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert "EK-FAC α=0.1" in labels and "BIF α=0.5" in labels
