@@ -31,6 +31,7 @@ ImageNet: ``IMAGENET_ROOT=/data/imagenet python -m experiments.imagenet experime
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -124,7 +125,8 @@ class ImageNetExperimentConfig:
     trak: TRAKConfig = field(default_factory=TRAKConfig)
     gradsim: GradSimConfig = field(default_factory=GradSimConfig)
     #: Pick the SGLD step size with the automatic calibration (bifrepro.sampling.calibrate)
-    #: instead of sampler.step_size; the report is saved and compared with the hand-picked value.
+    #: instead of sampler.step_size (as `sampler=auto` / `calibration=auto`; settings: the
+    #: `calibration` node); the report is saved and compared with the hand-picked value.
     calibrate: bool = False
     #: Write the loss traces to disk (resumable) under cache_dir/traces/.
     traces_on_disk: bool = False
@@ -528,7 +530,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     t_start = time.perf_counter()
     register_imagenet_configs()
     cfg, standin = _choose_path(cfg)
-    vc = validate_config(cfg, groups=("data", "model", "sampler", "tracking", "experiment"))
+    vc = validate_config(
+        cfg, groups=("data", "model", "sampler", "calibration", "tracking", "experiment")
+    )
     exp: ImageNetExperimentConfig = vc.experiment
     sampler: SGLDConfig = vc.sampler
     device = _device(exp.device)
@@ -581,23 +585,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["model_test_accuracy"] = float(model_info["test_accuracy"])
             metrics["model_train_seconds"] = float(model_info["train_seconds"])
         hand_picked = sampler
-        if exp.calibrate:
-            from bifrepro.sampling import CalibrationConfig, resolve_sampler
+        if exp.calibrate or vc.calibration.enabled:  # sampler=auto (or experiment.calibrate)
+            from bifrepro.sampling import resolve_sampler
 
             sampler, report = resolve_sampler(
                 sampler,
-                CalibrationConfig(enabled=True, seed=vc.seed),
+                dataclasses.replace(vc.calibration, enabled=True),
                 model,
                 task.train_loss,
                 pool.sgld_train,
                 query_data=pool.queries,
                 query_loss_fn=task.measurement,
-                out_dir=out_dir / "calibration",
                 progress=exp.progress,
             )
             assert report is not None
-            log.info("%s", report.summary())
-            metrics.update(report.to_metrics("calibration/"))
+            metrics.update(report.record(tracker, out_dir / "calibration"))
             metrics["calibration/hand_picked_step_size"] = hand_picked.step_size
             metrics["calibration/step_ratio_to_hand_picked"] = (
                 sampler.step_size / hand_picked.step_size

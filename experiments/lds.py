@@ -89,7 +89,12 @@ from bifrepro.models.resnet9 import ResNet9Config
 from bifrepro.models.small import count_parameters
 from bifrepro.models.vision import SmallCNNConfig
 from bifrepro.plots.lds import plot_lds_vs_alpha
-from bifrepro.sampling.calibration import run_cost
+from bifrepro.sampling.calibration import (
+    CalibrationConfig,
+    CalibrationReport,
+    resolve_sampler,
+    run_cost,
+)
 from bifrepro.tracking import RunTracker, start_run
 from bifrepro.training import accuracy
 from experiments import CONF_DIR
@@ -105,6 +110,7 @@ __all__ = [
     "prepare",
     "actual_outputs",
     "full_model",
+    "calibrate_bif",
     "attribute",
     "evaluate",
     "bif_draws_curve",
@@ -628,6 +634,35 @@ def _run_method(
     return run
 
 
+def calibrate_bif(
+    problem: LDSProblem,
+    model: torch.nn.Module,
+    bif_settings: Any,
+    calibration: CalibrationConfig,
+) -> tuple[BIFMethodConfig, CalibrationReport]:
+    """BIF's settings with the calibrated sampler (``sampler=auto``), and the evidence.
+
+    Pilot chains run at the full-data model ``w*`` on the training loss; the query margins are
+    observed too, so the health rules cover what the LDS scores are made of.
+    """
+    settings = method_config_from_mapping(bif_settings)
+    assert isinstance(settings, BIFMethodConfig)
+    task = ClassificationTask("margin")
+    sampler, report = resolve_sampler(
+        settings.sampler,
+        dataclasses.replace(calibration, enabled=True),
+        model,
+        task.train_loss,
+        problem.data.train,
+        query_data=problem.data.queries,
+        query_loss_fn=task.measurement,
+        n_query=problem.n_query,
+        progress=problem.exp.progress,
+    )
+    assert report is not None
+    return dataclasses.replace(settings, sampler=sampler), report
+
+
 def attribute(
     problem: LDSProblem,
     model: torch.nn.Module,
@@ -883,7 +918,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     before any compute).
     """
     t_start = time.perf_counter()
-    groups = ("data", "model", "tracking", "experiment", "methods")
+    groups = ("data", "model", "tracking", "experiment", "methods", "calibration")
     vc = validate_config(cfg, groups=groups)
     exp: LDSConfig = vc.experiment
     if not isinstance(exp, LDSConfig):
@@ -907,7 +942,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["retrain_seconds"] = time.perf_counter() - t0
         model, info = full_model(problem)
         metrics.update({f"model/{k}": v for k, v in info.items()})
-        runs = attribute(problem, model, vc.methods)
+        methods = dict(vc.methods)
+        if "bif" in exp.methods and vc.calibration.enabled:  # sampler=auto
+            methods["bif"], report = calibrate_bif(problem, model, methods["bif"], vc.calibration)
+            metrics.update(report.record(tracker, out_dir / "calibration"))
+        runs = attribute(problem, model, methods)
         table, per_query, results = evaluate(problem, runs, actual)
         paired = paired_differences(
             results, "ekfac", exp.num_bootstrap, exp.confidence, exp.mask_seed
@@ -934,7 +973,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if not paired.empty:
             tables["lds_paired_vs_ekfac.csv"] = paired
         if "bif" in runs:
-            sampler = method_config_from_mapping(vc.methods["bif"]).sampler
+            sampler = method_config_from_mapping(methods["bif"]).sampler
             curve = bif_draws_curve(problem, runs["bif"], actual, sampler, exp.bif_draws_grid)
             tables["bif_draws.csv"] = curve
         # spread of the retrained outputs: how much signal there is to predict at each α
@@ -960,6 +999,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "retrain_fingerprint": problem.cache.fingerprint,
             "retrain_config": problem.retrainer.describe(),
             "bif_chains": {n: r.chain_summary for n, r in runs.items() if r.chain_summary},
+            "bif_sampler": sampler.to_dict() if sampler is not None else None,
             "device": str(problem.device),
         }
         atomic_write_json(summary, out_dir / "metrics.json")

@@ -527,9 +527,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         sampler = r.sampler or sampler
         metrics, pairs, checkpoints, curves = _analyse(h, r, exp)
         if r.calibration is not None:  # the evidence behind the calibrated step size
-            metrics.update(r.calibration.to_metrics())
-            for path in r.calibration.save(out_dir / "calibration").values():
-                tracker.log_artifact(path, "calibration")
+            metrics.update(r.calibration.record(tracker, out_dir / "calibration"))
         for j in targets:
             row = pairs[
                 (pairs.source == h.item_names[src]) & (pairs.target == h.item_names[j])

@@ -78,7 +78,8 @@ class BIFMethodConfig(MethodConfig):
     normalize: str = "correlation"
     #: Remove each chain's linear trend through its draws before the covariance (drift guard).
     detrend: bool = False
-    #: SGLD settings (step size, nβ, localization γ, chains, draws, ...).
+    #: SGLD settings (step size, nβ, localization γ, chains, draws, ...). In the Hydra configs this
+    #: is the top-level ``sampler`` node (conf/sampler/), shared by every experiment.
     sampler: SGLDConfig = field(default_factory=SGLDConfig)
     #: Folder for resumable on-disk traces; null keeps them in memory.
     out_dir: str | None = None
@@ -91,6 +92,8 @@ class BIFMethodConfig(MethodConfig):
         super().validate()
         _one_of(self, "normalize", ("correlation", "covariance"))
         _one_of(self, "on_unhealthy", ("warn", "raise"))
+        if self.sampler is None:  # a Hydra config without a top-level `sampler` node
+            self.sampler = SGLDConfig()
         if isinstance(self.sampler, dict):  # plain mapping from a config file
             self.sampler = SGLDConfig.from_mapping(self.sampler)
         if isinstance(self.sampler, SGLDConfig):
@@ -229,6 +232,11 @@ def method_config_from_mapping(mapping: Any) -> MethodConfig:
     Unknown keys are refused by name (a typo must not be silently ignored).
     """
     if isinstance(mapping, MethodConfig):
+        base = METHOD_CONFIGS.get(mapping.name)
+        if base is not None and type(mapping) is not base and issubclass(type(mapping), base):
+            # a Hydra schema variant (e.g. BIF with an interpolated sampler): the plain dataclass
+            fields = {f.name: getattr(mapping, f.name) for f in dataclasses.fields(base)}
+            mapping = base(**fields)
         mapping.validate()
         return mapping
     try:
@@ -249,7 +257,7 @@ def method_config_from_mapping(mapping: Any) -> MethodConfig:
         raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
     if (
         cls is BIFMethodConfig
-        and "sampler" in items
+        and items.get("sampler") is not None
         and not isinstance(items["sampler"], SGLDConfig)
     ):
         items["sampler"] = SGLDConfig.from_mapping(items["sampler"])
@@ -266,4 +274,20 @@ def register_method_configs() -> None:
 
     cs = ConfigStore.instance()
     for name, cls in METHOD_CONFIGS.items():
-        cs.store(group="method", name=f"{name}_schema", node=cls)
+        cs.store(group="method", name=f"{name}_schema", node=_HYDRA_SCHEMAS.get(name, cls))
+
+
+@dataclass
+class _BIFMethodHydraSchema(BIFMethodConfig):
+    """BIF settings as composed by Hydra: ``sampler`` is the top-level ``sampler`` node.
+
+    One set of sampler settings serves every experiment (``sampler=sgld|rmsprop_sgld|auto``,
+    ``sampler.step_size=...``); a second copy under the method could silently disagree with it.
+    Composed on its own (no top-level ``sampler``), the method gets the SGLD defaults.
+    :func:`method_config_from_mapping` turns it into a plain :class:`BIFMethodConfig`.
+    """
+
+    sampler: Any = "${oc.select:sampler,null}"
+
+
+_HYDRA_SCHEMAS: dict[str, type] = {"bif": _BIFMethodHydraSchema}

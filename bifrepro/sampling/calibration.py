@@ -431,6 +431,19 @@ class CalibrationReport:
                 paths[name] = atomic_save_figure(fig, out / f"{name}.png")
         return paths
 
+    def record(
+        self, tracker: Any, out_dir: str | Path, prefix: str = "calibration/"
+    ) -> dict[str, float]:
+        """Save the evidence under ``out_dir``, log it as ``calibration/`` artifacts of
+        ``tracker`` (a :class:`bifrepro.tracking.RunTracker`) and return the metrics to log.
+
+        What every experiment does with a report of ``sampler=auto``.
+        """
+        log.info("%s", self.summary())
+        for path in self.save(out_dir).values():
+            tracker.log_artifact(path, "calibration")
+        return self.to_metrics(prefix)
+
     def log_mlflow(self, prefix: str = "calibration/", figures: bool = True) -> None:
         """Log metrics, the table (CSV text) and the figures to the active MLflow run."""
         import mlflow

@@ -29,7 +29,7 @@ def _compose(*overrides: str):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_yaml_composes_to_its_validated_defaults(name: str) -> None:
     cfg = _compose(f"+method={name}")
-    settings = OmegaConf.to_object(cfg.method)
+    settings = method_config_from_mapping(OmegaConf.to_object(cfg.method))
     assert type(settings) is METHOD_CONFIGS[name]
     # The YAML documents the dataclass defaults: they must not drift apart.
     assert settings == METHOD_CONFIGS[name]()
@@ -38,9 +38,10 @@ def test_every_yaml_composes_to_its_validated_defaults(name: str) -> None:
 
 
 def test_overrides_are_type_checked_and_validated() -> None:
-    cfg = _compose("+method=bif", "method.sampler.nbeta=100", "method.normalize=covariance")
+    cfg = _compose("+method=bif", "+sampler.nbeta=100", "method.normalize=covariance")
     attributor = build_attributor(cfg.method)
     assert isinstance(attributor.config, BIFMethodConfig)
+    # the method's sampler is the top-level `sampler` node (one set of sampler settings)
     assert attributor.config.sampler.nbeta == 100.0
     assert attributor.config.normalize == "covariance"
     with pytest.raises(ConfigCompositionException):

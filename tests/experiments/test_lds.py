@@ -30,9 +30,9 @@ TINY = [
     "experiment.alphas=[0.2,0.5]",
     "experiment.retrain_jobs=1",
     "experiment.num_bootstrap=200",
-    "methods.bif.sampler.num_chains=2",
-    "methods.bif.sampler.num_draws=12",
-    "methods.bif.sampler.burn_in=2",
+    "sampler.num_chains=2",
+    "sampler.num_draws=12",
+    "sampler.burn_in=2",
     "methods.trak.proj_dim=128",
 ]
 FILES = (
@@ -133,6 +133,32 @@ def test_run_writes_results_mlflow_and_reuses_caches(
     assert sorted(m.step for m in hist) == [20, 50]
 
 
+def test_sampler_auto_calibrates_bif_and_records_the_evidence(tiny_lds, hydra_compose) -> None:
+    """`sampler=auto`: BIF runs with the calibrated step size; the evidence is saved next to it."""
+    results, first = tiny_lds
+    out = results / "auto"
+    metrics = lds_exp.run(
+        _cfg(
+            hydra_compose, results, None, "sampler=auto", "experiment.methods=[bif]",
+            f"experiment.output_dir={out}", "calibration.grid_points=3",
+            "calibration.min_pilot_draws=12", "calibration.refine_points=0",
+            "calibration.estimate_curvature=false",
+        )
+    )  # fmt: skip
+    chosen = metrics["calibration/step_size"]
+    table = pd.read_csv(out / "calibration" / "calibration.csv")
+    assert len(table) == metrics["calibration/num_candidates"] >= 1
+    assert (out / "calibration" / "calibration_summary.png").stat().st_size > 0
+    if metrics["calibration/healthy"]:  # a healthy candidate was chosen ...
+        assert chosen in set(table["step_size"])
+    else:  # ... or the configured step is kept (tiny pilots here may all fail), with a warning
+        assert chosen == pytest.approx(5e-5)
+    # the BIF run used what the calibration returned, and says so in its results
+    used = json.loads((out / "metrics.json").read_text())["bif_sampler"]
+    assert used["step_size"] == pytest.approx(chosen) and used["nbeta"] == 100.0
+    assert np.isfinite(metrics["lds/bif_covariance/alpha_0.5"])
+
+
 def test_retrain_stage_then_merge(hydra_compose, tmp_path) -> None:
     def stage(*extra: str) -> dict[str, float]:
         return lds_exp.run(_cfg(hydra_compose, tmp_path, None, *extra))
@@ -157,7 +183,7 @@ def test_retrain_stage_then_merge(hydra_compose, tmp_path) -> None:
         ("experiment.methods=[bif,foo]", "experiment.methods"),
         ("experiment.subset_index=7", "experiment.subset_index"),
         ("experiment.alphas=[0.001]", "experiment.alphas"),  # floor(0.001 * 60) = 0 items
-        ("methods.bif.sampler.step_size=-1", "sampler.step_size"),
+        ("sampler.step_size=-1", "sampler.step_size"),
     ],
 )
 def test_bad_config_fails_before_compute(hydra_compose, tmp_path, override: str, key: str) -> None:
