@@ -15,7 +15,6 @@ Importing this module registers the schemas and the ``bifrepro.abspath`` resolve
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bifrepro.sampling.config import SGLDConfig
+from bifrepro.validation import bad as _bad
+from bifrepro.validation import int_at_least as _int_at_least
+from bifrepro.validation import one_of as _one_of
+from bifrepro.validation import positive as _positive
 
 __all__ = [
     "ConfigError",
@@ -42,27 +45,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range (message names the key)."""
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
-
-
-def _int_at_least(cfg: Any, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        _bad(cfg, name, f"must be an integer >= {low}")
-
-
-def _positive(cfg: Any, name: str) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-        _bad(cfg, name, "must be a finite number > 0")
-
-
-def _one_of(cfg: Any, name: str, options: tuple[str, ...]) -> None:
-    if getattr(cfg, name) not in options:
-        _bad(cfg, name, f"must be one of {list(options)}")
 
 
 @dataclass

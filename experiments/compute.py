@@ -67,6 +67,7 @@ from bifrepro.plots.compute import plot_cost_scaling, plot_time_to_equal_lds
 from bifrepro.sampling.calibration import run_cost
 from bifrepro.tracking import start_run
 from bifrepro.training import train_model
+from bifrepro.validation import bad as _bad
 from experiments import CONF_DIR
 
 __all__ = ["ComputeConfig", "register_compute_configs", "run", "main"]
@@ -74,10 +75,6 @@ __all__ = ["ComputeConfig", "register_compute_configs", "run", "main"]
 log = logging.getLogger(__name__)
 
 _LABELS = {"bif": "BIF", "ekfac": "EK-FAC", "trak": "TRAK", "gradsim": "GradSim"}
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
 
 
 @dataclass

@@ -97,6 +97,8 @@ from bifrepro.sampling.calibration import (
 )
 from bifrepro.tracking import RunTracker, start_run
 from bifrepro.training import accuracy
+from bifrepro.validation import bad as _bad
+from bifrepro.validation import int_at_least as _int_at_least
 from experiments import CONF_DIR
 
 __all__ = [
@@ -130,16 +132,6 @@ METHOD_LABELS: dict[str, dict[str, str]] = {
     "gradsim": {"gradsim": "GradSim"},
 }
 _STAGES = ("all", "retrain", "evaluate")
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
-
-
-def _int_at_least(cfg: Any, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        _bad(cfg, name, f"must be an integer >= {low}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ such as ``method.proj_dim=1024`` at composition time.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from bifrepro.sampling.config import SGLDConfig
+from bifrepro.validation import int_at_least as _int_at_least
+from bifrepro.validation import nonneg_float as _nonneg_float
+from bifrepro.validation import one_of as _one_of
 
 __all__ = [
     "MethodConfig",
@@ -27,29 +29,6 @@ __all__ = [
     "register_method_configs",
     "method_config_from_mapping",
 ]
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
-
-
-def _int_at_least(cfg: Any, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        _bad(cfg, name, f"must be an integer >= {low}")
-
-
-def _nonneg_float(cfg: Any, name: str, allow_none: bool = False) -> None:
-    v = getattr(cfg, name)
-    if v is None and allow_none:
-        return
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-        _bad(cfg, name, "must be a finite number >= 0" + (" or null" if allow_none else ""))
-
-
-def _one_of(cfg: Any, name: str, options: tuple[str, ...]) -> None:
-    if getattr(cfg, name) not in options:
-        _bad(cfg, name, f"must be one of {list(options)}")
 
 
 @dataclass

@@ -43,6 +43,8 @@ from bifrepro.data.images import (
     image_folder,
     load_embedded_images,
 )
+from bifrepro.validation import bad as _bad
+from bifrepro.validation import int_at_least as _int_at_least
 
 __all__ = [
     "IMAGENET_ROOT_ENV",
@@ -76,16 +78,6 @@ POSTER_QUERY_CLASSES = (188, 951, 140, 528)
 
 class ImageNetRootError(ImageFolderError):
     """An ImageNet root that was set (config or environment) is missing or malformed."""
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
-
-
-def _int_at_least(cfg: Any, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        _bad(cfg, name, f"must be an integer >= {low}")
 
 
 @dataclass

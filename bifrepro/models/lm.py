@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bifrepro.io import atomic_torch_save, atomic_write_json
+from bifrepro.validation import bad as _bad
+from bifrepro.validation import int_at_least as _int_at_least
 
 __all__ = [
     "LMTrainConfig",
@@ -56,16 +58,6 @@ log = logging.getLogger(__name__)
 
 _ARCHS = ("llama", "gpt_neox")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
-
-
-def _int_at_least(cfg: Any, name: str, low: int) -> None:
-    v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        _bad(cfg, name, f"must be an integer >= {low}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from bifrepro.io import atomic_torch_save
 from bifrepro.models.small import SmallCNN, count_parameters
 from bifrepro.training import TrainConfig, accuracy, train_model
+from bifrepro.validation import bad as _bad
 
 __all__ = [
     "GoogLeNetConfig",
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _bad(cfg: Any, name: str, why: str) -> None:
-    raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
 
 
 @dataclass
