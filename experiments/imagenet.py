@@ -78,7 +78,7 @@ from bifrepro.models.vision import (
     trained_small_cnn,
 )
 from bifrepro.plots.gallery import GalleryMethod, plot_agreement, plot_gallery
-from bifrepro.sampling import SGLDConfig, sample_loss_traces
+from bifrepro.sampling import RunHealth, SGLDConfig, run_health, sample_loss_traces
 from bifrepro.tracking import RunTracker, start_run
 from experiments import CONF_DIR
 
@@ -343,7 +343,7 @@ def _run_bif(
     sampler: SGLDConfig,
     exp: ImageNetExperimentConfig,
     traces_dir: Path | None,
-) -> tuple[_MethodResult, Any]:
+) -> tuple[_MethodResult, Any, RunHealth]:
     t0 = time.perf_counter()
     traces = sample_loss_traces(
         model,
@@ -359,15 +359,16 @@ def _run_bif(
     )
     scores = bif_scores(traces["query"], traces["train"], normalize=exp.normalize)
     seconds = time.perf_counter() - t0
-    diag = traces.diagnostics
-    health = "chains healthy" if diag.is_healthy else "chains NOT healthy"
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    health = run_health(traces, num_params, normalize=exp.normalize)
+    verdict = "chains healthy" if health.healthy else "chains NOT healthy"
     note = (
-        f"{exp.normalize}, {sampler.num_chains}×{sampler.num_draws} draws, {health}\n"
+        f"{exp.normalize}, {sampler.num_chains}×{sampler.num_draws} draws, {verdict}\n"
         f"ε={sampler.step_size:.3g}, γ={sampler.localization:g}, nβ={sampler.nbeta:g}"
     )
-    metrics = {f"bif/{k}": v for k, v in diag.to_metrics("chain/").items()}
-    log.info("BIF: %.1f s; %s", seconds, diag.summary())
-    return _MethodResult(scores.cpu(), seconds, note, metrics), traces
+    metrics = {f"bif/{k}": v for k, v in health.metrics.items()}
+    log.info("BIF: %.1f s; %s", seconds, health.summary)
+    return _MethodResult(scores.cpu(), seconds, note, metrics), traces, health
 
 
 def _run_attributor(
@@ -606,7 +607,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             )
         traces_dir = _traces_dir(cache_dir, sampler, cfg) if exp.traces_on_disk else None
         results: dict[str, _MethodResult] = {}
-        results["bif"], traces = _run_bif(model, task, pool, sampler, exp, traces_dir)
+        results["bif"], traces, health = _run_bif(model, task, pool, sampler, exp, traces_dir)
         ek_model, tracked = keep_last_layers(model, last)
         results["ekfac"] = _run_attributor(
             "ekfac", exp.ekfac, ek_model, task, pool, _ekfac_note(tracked, len(layers))
@@ -655,7 +656,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "source": pool.source,
             "title": title.replace("\n", " · "),
             "metrics": metrics,
-            "chains": traces.diagnostics.summary(),
+            "chains": health.summary,
+            "chains_healthy": health.healthy,
             "ekfac_tracked_layers": tracked,
             "gallery_queries": [pool.query_ids[i] for i in pool.gallery],
             "config": {

@@ -613,13 +613,11 @@ def _run_method(
             run.scores[f"bif_{est}"] = (
                 scores if est == settings.normalize else bif_scores(q, t, normalize=est)
             )
-        # every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
-        health = getattr(attributor, "health", None)
+        # core diagnostics, every rule of bifrepro.sampling.health and the detrending effect
+        health = attributor.run_health  # type: ignore[attr-defined]
         run.chain_metrics = attributor.diagnostics_metrics("chain/")  # type: ignore[attr-defined]
-        run.chain_summary = health.summary() if health is not None else traces.diagnostics.summary()
-        run.chains_healthy = bool(
-            health.is_healthy if health is not None else traces.diagnostics.is_healthy
-        )
+        run.chain_summary = health.summary
+        run.chains_healthy = health.healthy
     else:
         run.scores[name] = scores
     log.info("%s: %s", name, timings.summary())

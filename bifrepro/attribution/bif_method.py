@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from bifrepro.attribution.base import PER_TOKEN_MODES, Attributor
 from bifrepro.attribution.bif import bif_scores
 from bifrepro.attribution.configs import BIFMethodConfig
-from bifrepro.sampling import HealthReport, LossTraces, assess_traces, sample_loss_traces
+from bifrepro.sampling import HealthReport, LossTraces, RunHealth, run_health, sample_loss_traces
 
 __all__ = ["BIFAttributor", "UnhealthyChainsError"]
 
@@ -52,6 +52,7 @@ class BIFAttributor(Attributor):
         self.config: BIFMethodConfig
         self.traces: LossTraces | None = None
         self.health: HealthReport | None = None
+        self.run_health: RunHealth | None = None
         self._calls = 0
 
     def _fit(self) -> None:
@@ -80,9 +81,11 @@ class BIFAttributor(Attributor):
             progress=cfg.progress,
         )
         self.traces = traces
-        # Every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share).
+        # Every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
+        # and what detrending would change.
         num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.health = assess_traces(traces, num_params)
+        self.run_health = run_health(traces, num_params, normalize=cfg.normalize)
+        self.health = self.run_health.report
         log.info("bif: %s | %s", traces.diagnostics.summary(), self.health.summary())
         if not self.health.is_healthy:
             msg = f"bif: {self.health.summary()}; scores from unhealthy chains are unreliable"
@@ -95,10 +98,13 @@ class BIFAttributor(Attributor):
 
     def diagnostics_metrics(self, prefix: str = "chain/") -> dict[str, float]:
         """Chain-health metrics of the last :meth:`score` call (empty before it): the core
-        diagnostics under ``prefix`` and every health rule under ``health/``."""
+        diagnostics under ``prefix``, every health rule under ``health/`` and the effect of
+        detrending (per-item traces) under ``detrend/``."""
         if self.traces is None:
             return {}
-        out = self.traces.diagnostics.to_metrics(prefix)
-        if self.health is not None:
-            out.update(self.health.to_metrics())
-        return out
+        if self.run_health is None:
+            return self.traces.diagnostics.to_metrics(prefix)
+        return {
+            (prefix + k[len("chain/") :] if k.startswith("chain/") else k): v
+            for k, v in self.run_health.metrics.items()
+        }

@@ -19,11 +19,13 @@ from bifrepro.sampling.diagnostics import (
 from bifrepro.sampling.health import (
     HealthReport,
     HealthThresholds,
+    RunHealth,
     assess_chains,
     assess_traces,
     detrend_effect,
     detrend_traces,
     effective_sample_size,
+    run_health,
 )
 from bifrepro.sampling.sampler import LossFn, sample_loss_traces
 from bifrepro.sampling.uncertainty import (
@@ -56,6 +58,8 @@ __all__ = [
     "assess_chains",
     "assess_traces",
     "detrend_effect",
+    "RunHealth",
+    "run_health",
     "detrend_traces",
     "effective_sample_size",
     "ScoreUncertainty",

@@ -85,6 +85,8 @@ __all__ = [
     "assess_traces",
     "detrend_effect",
     "item_traces",
+    "RunHealth",
+    "run_health",
 ]
 
 
@@ -595,3 +597,48 @@ def detrend_effect(
         "topk_overlap": float(overlap.mean()),
         "score_correlation": float(corr.mean()),
     }
+
+
+@dataclass
+class RunHealth:
+    """What an experiment reports about the chains behind its BIF scores.
+
+    Attributes:
+        healthy: the core diagnostics (no drift, R-hat) and every health rule pass.
+        summary: one line: verdict and every rule with its value and limit.
+        metrics: flat floats for MLflow: ``chain/*`` (core diagnostics), ``health/*`` (rules and
+            statistics) and, for per-item traces, ``detrend/*`` (:func:`detrend_effect`: what
+            removing per-chain linear trends would change in the scores).
+        report: the rule outcomes.
+    """
+
+    healthy: bool
+    summary: str
+    metrics: dict[str, float]
+    report: HealthReport
+
+
+def run_health(
+    traces: Any,
+    num_params: int,
+    *,
+    query: str = "query",
+    train: str = "train",
+    normalize: str = "correlation",
+    thresholds: HealthThresholds | None = None,
+) -> RunHealth:
+    """Chain health of a finished BIF run, as every experiment reports it.
+
+    ``num_params``: sampled parameters (``requires_grad``). The detrending effect is computed
+    for per-item traces (``[chains, draws, items]``) of observables ``query`` and ``train``;
+    per-token traces skip it (its score matrix would be tokens x tokens).
+    """
+    diag = traces.diagnostics
+    report = assess_traces(traces, num_params, thresholds)
+    metrics = {**diag.to_metrics("chain/"), **report.to_metrics("health/")}
+    names = set(traces.names)
+    if {query, train} <= names and traces[query].dim() == 3 and traces[train].dim() == 3:
+        effect = detrend_effect(traces[query], traces[train], normalize=normalize)
+        metrics.update({f"detrend/{k}": float(v) for k, v in effect.items()})
+    healthy = bool(diag.is_healthy and report.is_healthy)
+    return RunHealth(healthy, report.summary(), metrics, report)

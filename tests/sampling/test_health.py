@@ -242,3 +242,39 @@ def test_assess_chains_healthy_and_each_failure_named():
     slow = assess_chains(_diagnostics(sticky.mean(-1), dist, 0.99), {"train": sticky}, **kwargs)
     assert "ess" in {ch.name for ch in slow.failed}
     assert slow.to_row()["healthy"] is False
+
+
+def test_run_health_reports_rules_diagnostics_and_detrending_effect():
+    """A stationary run is healthy with a small detrending effect; a drifting one is flagged and
+    detrending changes its scores (the shared trend dominates the covariance)."""
+    from bifrepro.sampling.config import SGLDConfig
+    from bifrepro.sampling.health import run_health
+    from bifrepro.traces import LossTraces
+
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    config = SGLDConfig(step_size=eps, nbeta=nbeta, localization=gamma, num_chains=c, num_draws=n)
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+
+    def traces(train: torch.Tensor, query: torch.Tensor) -> LossTraces:
+        diag = ChainDiagnostics(
+            sgld_loss=train.mean(-1),
+            distance=dist,
+            observed_loss={"train": train.mean(-1), "query": query.mean(-1)},
+            init_loss={"train": 0.99, "query": 0.99},
+        )
+        init = {"train": torch.full((12,), 0.99), "query": torch.full((3,), 0.99)}
+        return LossTraces({"train": train, "query": query}, diag, config, init)
+
+    train = 0.1 * _ar1(c, n, 0.5, 12, seed=21) + 1.0
+    query = 0.1 * _ar1(c, n, 0.5, 3, seed=22) + 1.0
+    ok = run_health(traces(train, query), d)
+    assert ok.healthy and ok.summary.startswith("chains healthy")
+    assert ok.metrics["health/healthy"] == 1.0 and "chain/rhat" in ok.metrics
+    assert ok.metrics["detrend/trend_share"] < 0.5
+
+    ramp = 0.01 * torch.arange(n, dtype=torch.float64)[None, :, None]
+    bad = run_health(traces(train + ramp, query + ramp), d)
+    assert not bad.healthy and "UNHEALTHY" in bad.summary
+    assert bad.metrics["health/trend_ok"] == 0.0
+    # the shared trend is most of the cross-covariance: detrending removes it
+    assert bad.metrics["detrend/trend_share"] > 0.9 > ok.metrics["detrend/trend_share"]
