@@ -18,6 +18,18 @@ models and per-token BIF as ``experiments/language.py``):
    curve), compares class-level influence before and after the induction transition, picks token
    pairs whose influence changes sign, and writes figures, tables, ``metrics.json`` and MLflow.
 
+Chain health: every checkpoint records the basic diagnostics (trend, R-hat) and every rule of
+:mod:`bifrepro.sampling.health` (``health/*``; thresholds ``calibration.thresholds``); a checkpoint
+is healthy only if both pass, and unhealthy ones are drawn hollow.
+
+``calibration=auto``: the SGLD step size is calibrated once, at the last checkpoint, and used at
+every checkpoint. The first job that needs it (the training job, or the first checkpoint job)
+computes it into ``<work_dir>/calibration/cal-<key>/`` (``sampler.json`` + the report's files);
+later jobs read it (jobs started together each compute it: the same, seeded, result, written
+atomically). Checkpoint results are keyed by the sampler actually used
+(``checkpoints/`` for the configured one, ``checkpoints-<fingerprint>/`` otherwise); the merge
+reports the calibration (``calibration/*`` metrics, ``calibration/`` files, figure notes).
+
 ``experiment.mode=all`` (the default, ``make reproduce-stagewise``) does the three in one process.
 Scale-out: ``mode=train``, then ``-m experiment.mode=checkpoint 'experiment.checkpoint_index=range(0,N)'``
 (locally with ``hydra/launcher=local_parallel`` or on SLURM with ``hydra/launcher=slurm``), then
@@ -55,7 +67,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bifrepro.attribution import bif_scores
-from bifrepro.attribution.token_bif import sample_token_traces
+from bifrepro.attribution.token_bif import sample_token_traces, sequence_loss
 from bifrepro.config import ConfigError, validate_config
 from bifrepro.data.text import TextCorpusConfig, build_corpus, pack_documents
 from bifrepro.data.token_classes import DEFAULT_PRIORITY, IGNORE, TOKEN_CLASSES, TokenClassifier
@@ -73,7 +85,13 @@ from bifrepro.dynamics.lm_stages import (
     repeated_random_tokens,
     sign_flips,
 )
-from bifrepro.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json
+from bifrepro.io import (
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+)
 from bifrepro.models.lm import CausalLMConfig, embedded_causal_lm, load_causal_lm, snapshot_dir
 from bifrepro.plots.stagewise import (
     plot_class_influence,
@@ -83,6 +101,9 @@ from bifrepro.plots.stagewise import (
 )
 from bifrepro.plots.style import health_note
 from bifrepro.sampling import SamplerDivergedError, SGLDConfig
+from bifrepro.sampling.calibration import CalibrationConfig, CalibrationReport, resolve_sampler
+from bifrepro.sampling.health import HealthThresholds, assess_traces
+from bifrepro.traces import LossTraces
 from bifrepro.tracking import RunTracker, start_run
 from experiments import CONF_DIR
 from experiments.language import register_language_configs
@@ -274,6 +295,8 @@ class _Setup:
     work_dir: Path
     cache_dir: Path
     data_key: str
+    #: Fingerprint of the configured sampler (its checkpoints live in work_dir/checkpoints).
+    sampler_key: str = ""
 
     @property
     def observed_ids(self) -> torch.Tensor:
@@ -483,6 +506,7 @@ def _prepare(vc: Any, exp: StagewiseLMConfig, sampler: SGLDConfig) -> _Setup:
         work_dir=work_dir,
         cache_dir=cache_dir,
         data_key=data_key,
+        sampler_key=sampler.fingerprint(),
     )
 
 
@@ -552,11 +576,164 @@ def _load_checkpoint(
     )
 
 
+# -- SGLD calibration (calibration=auto) -----------------------------------------------------------
+
+_CALIBRATED_SAMPLER = "sampler.json"
+_CALIBRATION_REPORT = "report.pt"
+
+
+@dataclass
+class _Calibration:
+    """The shared outcome of the calibration: the sampler every checkpoint uses, and its evidence."""
+
+    sampler: SGLDConfig
+    original: SGLDConfig
+    folder: Path
+    checkpoint: str
+    summary: str
+    metrics: dict[str, float]
+    #: The full report (None if its pickle could not be read back; the files in folder remain).
+    report: CalibrationReport | None = None
+
+    @property
+    def note(self) -> str:
+        """Figure-note fragment naming the calibrated step size."""
+        if not self.metrics.get("calibration/healthy", 0.0):
+            return (
+                f"ε={self.sampler.step_size:g} kept: the calibration at {self.checkpoint} "
+                "found no healthy step"
+            )
+        if self.sampler.step_size == self.original.step_size:
+            return f"ε={self.sampler.step_size:g} confirmed by calibration at {self.checkpoint}"
+        return (
+            f"ε={self.sampler.step_size:.3g} calibrated at {self.checkpoint} "
+            f"(configured {self.original.step_size:g})"
+        )
+
+    def record(self, tracker: RunTracker, out_dir: Path) -> dict[str, float]:
+        """Save the evidence to ``out_dir/calibration``, log it as artifacts; return the metrics."""
+        if self.report is not None:
+            return self.report.record(tracker, out_dir / "calibration")
+        for src in sorted(self.folder.glob("calibration*")):  # the files report.save wrote
+            dest = atomic_write_bytes(out_dir / "calibration" / src.name, src.read_bytes())
+            tracker.log_artifact(dest, "calibration")
+        return dict(self.metrics)
+
+
+def _calibration_dir(s: _Setup, cal: CalibrationConfig, sampler: SGLDConfig) -> Path:
+    """Folder of the run's calibration in the work dir, keyed by everything that changes it."""
+    settings = {k: v for k, v in dataclasses.asdict(cal).items() if k != "enabled"}
+    key = _hash({"calibration": settings, "sampler": sampler.fingerprint(), "at": s.labels[-1]})
+    return s.work_dir / "calibration" / f"cal-{key}"
+
+
+def _sgld_dataset(s: _Setup) -> torch.utils.data.TensorDataset:
+    return torch.utils.data.TensorDataset(s.train_ids, s.train_mask)
+
+
+def _calibration(
+    s: _Setup,
+    model_cfg: CausalLMConfig,
+    exp: StagewiseLMConfig,
+    sampler: SGLDConfig,
+    cal: CalibrationConfig,
+    compute: bool = True,
+) -> _Calibration | None:
+    """The calibrated sampler (``calibration=auto``), computed once and shared by every job.
+
+    The calibration runs at the last checkpoint (the trained model) on what the checkpoint runs
+    use: SGLD on the mean sequence loss (mean over each sequence's valid tokens: per-item losses)
+    of the SGLD data, pilots observing seeded subsets of the training and query sequences. Its
+    result (``sampler.json``, written last) and evidence (``report.save`` files and the pickled
+    report) go to a folder of the work dir keyed by the calibration settings; a job reads them
+    from there or, if absent, computes them. The calibration is seeded, so jobs that race to
+    compute it get the same result, and every file is written atomically. None when disabled.
+    """
+    if not cal.enabled:
+        return None
+    folder = _calibration_dir(s, cal, sampler)
+    path = folder / _CALIBRATED_SAMPLER
+    report: CalibrationReport | None = None
+    if path.exists():
+        saved = json.loads(path.read_text())
+        log.info("SGLD calibration: reusing %s (%s)", folder, saved["summary"])
+        try:
+            report = torch.load(folder / _CALIBRATION_REPORT, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - written by another version of the classes
+            log.warning(
+                "cannot read the calibration report in %s (%s); using its files", folder, err
+            )
+        return _Calibration(
+            sampler=SGLDConfig.from_mapping(saved["sampler"]), original=sampler, folder=folder,
+            checkpoint=saved["checkpoint"], summary=saved["summary"],
+            metrics={k: float(v) for k, v in saved["metrics"].items()}, report=report,
+        )  # fmt: skip
+    if not compute:
+        raise RuntimeError(
+            f"no SGLD calibration in {folder}: run the checkpoint jobs with the same settings "
+            "(calibration=auto) first"
+        )
+    label = s.labels[-1]
+    log.info("calibrating SGLD at the last checkpoint %s (used at every checkpoint)", label)
+    model = _load_checkpoint(s, model_cfg, exp, label)
+    used, report = resolve_sampler(
+        sampler, cal, model, sequence_loss, _sgld_dataset(s),
+        query_data=torch.utils.data.TensorDataset(s.query_ids, s.query_mask),
+        query_loss_fn=sequence_loss, out_dir=folder, progress=exp.progress,
+    )  # fmt: skip
+    assert report is not None
+    atomic_torch_save(report, folder / _CALIBRATION_REPORT)
+    metrics = report.to_metrics()
+    saved = {
+        "sampler": used.to_dict(),
+        "original": sampler.to_dict(),
+        "checkpoint": label,
+        "summary": report.summary(),
+        "metrics": metrics,
+    }
+    atomic_write_json(saved, path)  # last: its presence means the calibration is complete
+    return _Calibration(used, sampler, folder, label, report.summary(), metrics, report)
+
+
 # -- one checkpoint -----------------------------------------------------------------------------
 
 
-def _result_path(s: _Setup, label: str) -> Path:
-    return s.work_dir / "checkpoints" / label / "result.pt"
+def _result_path(s: _Setup, label: str, sampler: SGLDConfig) -> Path:
+    """Result file of a checkpoint, keyed by the sampler actually used: the configured sampler's in
+    ``checkpoints/``, any other (a calibrated step size) in ``checkpoints-<its fingerprint>/``, so
+    traces of a calibrated and of a hand-picked sampler never mix."""
+    fp = sampler.fingerprint()
+    root = "checkpoints" if fp == s.sampler_key else f"checkpoints-{fp}"
+    return s.work_dir / root / label / "result.pt"
+
+
+def _num_params(model: torch.nn.Module) -> int:
+    """Sampled parameters (those requiring grad): the ``d`` of the health rules."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _add_health(
+    result: dict[str, Any],
+    traces: LossTraces,
+    num_params: int,
+    thresholds: HealthThresholds | None,
+) -> None:
+    """Every chain-health rule (:func:`assess_traces`) next to the basic diagnostics.
+
+    ``healthy`` = the diagnostics' verdict (trend, R-hat) AND every health rule (trend, R-hat,
+    ESS, distance, loss rise, trend share).
+    """
+    diag = traces.diagnostics
+    health = assess_traces(traces, num_params, thresholds=thresholds)
+    result.update(
+        healthy=bool(diag.is_healthy and health.is_healthy),
+        diagnostics_healthy=bool(diag.is_healthy),
+        health_healthy=bool(health.is_healthy),
+        health=health.to_metrics("health/"),
+        health_summary=health.summary(),
+        health_failed=[c.name for c in health.failed],
+        num_params=int(num_params),
+    )
 
 
 def _token_weights(mask: torch.Tensor) -> torch.Tensor:
@@ -586,12 +763,24 @@ def _checkpoint_job(
     exp: StagewiseLMConfig,
     sampler: SGLDConfig,
     label: str,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, Any]:
-    """Everything measured at one checkpoint, saved to (or read back from) its result file."""
-    path = _result_path(s, label)
+    """Everything measured at one checkpoint, saved to (or read back from) its result file.
+
+    ``sampler`` is the one actually used (calibrated or as configured); it keys the result file.
+    """
+    path = _result_path(s, label, sampler)
     if path.exists() and not exp.overwrite:
         log.info("checkpoint %s: result exists (%s); reusing it", label, path)
-        return torch.load(path, weights_only=False)
+        result = torch.load(path, weights_only=False)
+        if "health" not in result and not result["diverged"]:
+            # a result from before the health rules: judge its (complete) traces now
+            log.info("checkpoint %s: adding the chain-health rules from its traces", label)
+            model = _load_checkpoint(s, model_cfg, exp, label)
+            _add_health(result, LossTraces.load(path.parent / "traces"), _num_params(model),
+                        thresholds)  # fmt: skip
+            atomic_torch_save(result, path)
+        return result
     t0 = time.perf_counter()
     step = s.steps[s.labels.index(label)]
     model = _load_checkpoint(s, model_cfg, exp, label)
@@ -601,10 +790,11 @@ def _checkpoint_job(
         "step": step,
         "induction": dataclasses.asdict(ind),
         "diverged": False,
+        "sampler": sampler.to_dict(),
     }
     obs = torch.utils.data.TensorDataset(s.observed_ids, s.observed_mask)
     qry = torch.utils.data.TensorDataset(s.query_ids, s.query_mask)
-    sgld = torch.utils.data.TensorDataset(s.train_ids, s.train_mask)
+    sgld = _sgld_dataset(s)
     try:
         traces = sample_token_traces(
             model, obs, qry, sampler, sgld_data=sgld, out_dir=path.parent / "traces",
@@ -614,7 +804,10 @@ def _checkpoint_job(
         log.warning(
             "checkpoint %s: SGLD diverged (%s); no influence at this checkpoint", label, err
         )
-        result.update(diverged=True, healthy=False, summary=f"diverged: {err}", chain={})
+        result.update(
+            diverged=True, healthy=False, summary=f"diverged: {err}", chain={}, health={"health/healthy": 0.0},
+            health_summary=f"diverged: {err}", health_failed=["diverged"],
+        )  # fmt: skip
     else:
         q, t = traces["query"], traces["train"]
         k = len(TOKEN_CLASSES)
@@ -637,15 +830,15 @@ def _checkpoint_job(
             llc=dataclasses.asdict(llc),
             loss_train=_mean_token_loss(traces.init_losses["train"], s.observed_mask),
             loss_query=_mean_token_loss(traces.init_losses["query"], s.query_mask),
-            healthy=bool(diag.is_healthy),
             summary=diag.summary(),
             chain=diag.to_metrics("chain/"),
         )
+        _add_health(result, traces, _num_params(model), thresholds)
     result["seconds"] = time.perf_counter() - t0
     atomic_torch_save(result, path)
     log.info(
-        "checkpoint %s (step %d) in %.0fs: induction score %.3f, %s",
-        label, step, result["seconds"], ind.score, result["summary"],
+        "checkpoint %s (step %d) in %.0fs: induction score %.3f, %s; %s",
+        label, step, result["seconds"], ind.score, result["summary"], result["health_summary"],
     )  # fmt: skip
     return result
 
@@ -658,6 +851,9 @@ def _checkpoint_metrics(r: dict[str, Any]) -> dict[str, float]:
         "checkpoint_seconds": r["seconds"],
         "chains_healthy": float(r.get("healthy", False)),
     }
+    if "sampler" in r:
+        out["sampler/step_size"] = r["sampler"]["step_size"]
+    out.update(r.get("health", {}))
     if not r["diverged"]:
         out.update(
             {
@@ -748,8 +944,12 @@ def _merge(
     results: list[dict[str, Any]],
     training: dict[str, Any] | None,
     model_desc: str,
+    calibration: _Calibration | None = None,
 ) -> tuple[dict[str, float], dict[str, pd.DataFrame], dict[str, Any], dict[str, Any]]:
-    """Stage detection, class-level changes, token pairs; metrics, tables, figures, summary."""
+    """Stage detection, class-level changes, token pairs; metrics, tables, figures, summary.
+
+    ``sampler`` is the one the checkpoints used (calibrated with ``calibration``, if given).
+    """
     steps = [int(r["step"]) for r in results]
     labels = [r["label"] for r in results]
     k = len(TOKEN_CLASSES)
@@ -908,9 +1108,17 @@ def _merge(
         "label": labels, "step": steps, "induction_score": ind, "loss_first_copy": first,
         "loss_second_copy": second, "loss_train_observed": tr_loss, "loss_query": q_loss,
         "llc": llc, "llc_std_error": llc_se, "chains_healthy": healthy,
+        "diagnostics_healthy": [r.get("diagnostics_healthy", r.get("healthy", False)) for r in results],
+        "health_rules_healthy": [r.get("health_healthy", nan) for r in results],
+        "health_failed": [";".join(r.get("health_failed", [])) for r in results],
         "rhat": [r.get("chain", {}).get("chain/rhat", nan) for r in results],
+        "ess_projected": [r.get("health", {}).get("health/ess_projected", nan) for r in results],
+        "distance_ratio": [r.get("health", {}).get("health/distance_ratio", nan) for r in results],
+        "trend_share": [r.get("health", {}).get("health/trend_share", nan) for r in results],
+        "step_size": [r.get("sampler", {}).get("step_size", nan) for r in results],
         "seconds": [r["seconds"] for r in results],
         "chain_summary": [r.get("summary", "") for r in results],
+        "health_summary": [r.get("health_summary", "") for r in results],
     })  # fmt: skip
     cls_rows = []
     for i, st in enumerate(steps):
@@ -952,6 +1160,9 @@ def _merge(
         f"SGLD ε={sampler.step_size:g}, nβ={sampler.nbeta:g}, γ={sampler.localization:g}, "
         f"{sampler.preconditioner}"
     )
+    if calibration is not None:
+        note = f"{note}; {calibration.note}"
+        sampler_note = f"{sampler_note}; {calibration.note}"
     ylabel = "mean corr." if est == "correlation" else "mean +cov"
     figures = {
         "fig1_stages.png": plot_stages(
@@ -996,6 +1207,15 @@ def _merge(
         "token_counts": counts,
         "note": note,
         "sampler_note": sampler_note,
+        "calibration": None
+        if calibration is None
+        else {
+            "summary": calibration.summary,
+            "checkpoint": calibration.checkpoint,
+            "folder": str(calibration.folder),
+            "step_size": calibration.sampler.step_size,
+            "configured_step_size": calibration.original.step_size,
+        },
         "checkpoints": dict(zip(labels, steps, strict=True)),
     }
     return metrics, tables, figures, summary
@@ -1014,7 +1234,8 @@ def _first_sign_change(steps: list[int], curve: np.ndarray) -> float:
 
 def _validated(cfg: DictConfig) -> Any:
     register_stagewise_configs()
-    vc = validate_config(cfg, groups=("data", "model", "sampler", "tracking", "experiment"))
+    groups = ("data", "model", "sampler", "tracking", "experiment", "calibration")
+    vc = validate_config(cfg, groups=groups)
     if not isinstance(vc.experiment, StagewiseLMConfig):
         raise ConfigError("experiment: expected the stagewise_lm schema (experiment=stagewise_lm)")
     if not isinstance(vc.data, TextCorpusConfig) or not isinstance(vc.model, CausalLMConfig):
@@ -1035,6 +1256,8 @@ def _validated(cfg: DictConfig) -> Any:
         )
     if exp.mode == "train" and not vc.model.is_embedded:
         raise ConfigError("experiment.mode=train only applies to the embedded model")
+    if not isinstance(vc.calibration, CalibrationConfig):
+        raise ConfigError("calibration: expected the calibration schema (calibration=default|auto)")
     return vc
 
 
@@ -1100,11 +1323,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     exp: StagewiseLMConfig = vc.experiment
     sampler: SGLDConfig = vc.sampler
     model_cfg: CausalLMConfig = vc.model
+    cal_cfg: CalibrationConfig = vc.calibration
+    thresholds = cal_cfg.thresholds
     _quiet_transformers(exp.progress)
     if exp.num_threads is not None:
         torch.set_num_threads(exp.num_threads)
     torch.manual_seed(vc.seed)
-    tags = {"device": exp.device, "mode": exp.mode, "bif_estimator": exp.normalize}
+    tags = {
+        "device": exp.device,
+        "mode": exp.mode,
+        "bif_estimator": exp.normalize,
+        "sampler_calibrated": cal_cfg.enabled,
+    }
     with logging_redirect_tqdm(), start_run(cfg, tags=tags) as tracker:
         s = _prepare(vc, exp, sampler)
         s.work_dir.mkdir(parents=True, exist_ok=True)
@@ -1124,7 +1354,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 lm_final_loss=training["final_loss"],
                 num_parameters=float(training["num_parameters"]),
             )
+        # calibration=auto: calibrated once (at the last checkpoint), shared by every job; the
+        # training job computes it right away so that the checkpoint jobs only read it
+        calibration = _calibration(s, model_cfg, exp, sampler, cal_cfg, compute=exp.mode != "merge")
+        used = calibration.sampler if calibration is not None else sampler
+        if calibration is not None:
+            tracker.set_tags({"calibration": calibration.summary})
         if exp.mode == "train":
+            if calibration is not None:
+                metrics.update(calibration.metrics)
             tracker.log_metrics(metrics)
             tracker.log_metric_series(
                 "train_loss", training["loss_curve"], range(1, len(training["loss_curve"]) + 1)
@@ -1132,10 +1370,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
             return metrics
         if exp.mode == "checkpoint":
             label = _selected_label(s, exp)
-            r = _checkpoint_job(s, model_cfg, exp, sampler, label)
+            r = _checkpoint_job(s, model_cfg, exp, used, label, thresholds)
             metrics = _checkpoint_metrics(r)
             tracker.log_metrics(metrics, step=int(r["step"]))
-            tracker.set_tags({"checkpoint": label, "chains_healthy": r.get("healthy", False)})
+            tracker.set_tags({
+                "checkpoint": label, "chains_healthy": r.get("healthy", False),
+                "chain_health": r.get("health_summary", ""),
+            })  # fmt: skip
             return metrics
         # all / merge
         labels = s.labels
@@ -1143,10 +1384,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             results = []
             disable = None if exp.progress is None else not exp.progress
             for label in tqdm(labels, desc="checkpoints", disable=disable):
-                results.append(_checkpoint_job(s, model_cfg, exp, sampler, label))
+                results.append(_checkpoint_job(s, model_cfg, exp, used, label, thresholds))
                 tracker.log_metrics(_checkpoint_metrics(results[-1]), step=results[-1]["step"])
         else:
-            missing = [lab for lab in labels if not _result_path(s, lab).exists()]
+            missing = [lab for lab in labels if not _result_path(s, lab, used).exists()]
             if missing and (not exp.allow_missing or len(missing) == len(labels)):
                 raise RuntimeError(
                     f"no results for checkpoints {missing} in {s.work_dir / 'checkpoints'}: run "
@@ -1156,7 +1397,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if missing:
                 log.warning("merging without checkpoints %s (not computed yet)", missing)
             results = [
-                torch.load(_result_path(s, lab), weights_only=False)
+                torch.load(_result_path(s, lab, used), weights_only=False)
                 for lab in labels
                 if lab not in missing
             ]
@@ -1165,12 +1406,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if len(results) < 2:
             raise RuntimeError("the merge needs at least 2 checkpoints")
         merged, tables, figures, summary = _merge(
-            s, exp, sampler, results, training, _model_desc(model_cfg)
+            s, exp, used, results, training, _model_desc(model_cfg), calibration
         )
         metrics.update(merged)
-        metrics["wall_seconds"] = time.perf_counter() - t_start
         out_dir = _output_dir(exp, vc.results_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if calibration is not None:  # the evidence behind the step size every checkpoint used
+            metrics.update(calibration.record(tracker, out_dir))
+        metrics["wall_seconds"] = time.perf_counter() - t_start
         for name, fig in figures.items():
             atomic_save_figure(fig, out_dir / name)
             tracker.log_artifact(out_dir / name, "figures")  # the saved PNG: no second render
@@ -1182,6 +1425,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             work_dir=str(s.work_dir),
             config={
                 "sampler": sampler.to_dict(),
+                "sampler_used": used.to_dict(),
+                "calibration": json.loads(json.dumps(dataclasses.asdict(cal_cfg), default=str)),
                 "experiment": json.loads(json.dumps(dataclasses.asdict(exp), default=str)),
                 "data": dataclasses.asdict(vc.data),
                 "model": json.loads(json.dumps(dataclasses.asdict(model_cfg), default=str)),
@@ -1208,8 +1453,8 @@ def _log_merge(
         return
     tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
     ck = tables["checkpoints.csv"]
-    for col in ("induction_score", "llc", "loss_query"):
-        tracker.log_metric_series(f"per_checkpoint/{col}", ck[col], ck["step"])
+    for col in ("induction_score", "llc", "loss_query", "chains_healthy"):
+        tracker.log_metric_series(f"per_checkpoint/{col}", ck[col].astype(float), ck["step"])
     for name in (*tables, "metrics.json"):
         tracker.log_artifact(out_dir / name, "tables")
 

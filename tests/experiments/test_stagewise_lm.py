@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,6 +60,14 @@ TINY = [
 ]
 STEPS = [4, 9, 20]
 CONF = Path(__file__).resolve().parents[2] / "conf"  # log_spaced_steps(20, 3, 4)
+#: calibration=auto kept small (3 grid points, no refinement, short pilots)
+CALIBRATION = [
+    "calibration=auto",
+    "calibration.grid_points=3",
+    "calibration.refine_points=0",
+    "calibration.min_pilot_draws=12",
+    "calibration.estimate_curvature=false",
+]
 
 
 def _cfg(hydra_compose, tmp_path: Path, *extra: str, tracking: str | None = None):
@@ -102,6 +111,11 @@ def test_all_in_process_writes_figures_tables_and_mlflow(all_run) -> None:
     ck = pd.read_csv(out / "checkpoints.csv")
     assert ck.step.tolist() == STEPS and ck.label.tolist() == [f"step{s}" for s in STEPS]
     assert np.isfinite(ck.induction_score).all() and np.isfinite(ck.llc).all()
+    # chain health: the basic diagnostics AND every health rule, with the rules' one-line summary
+    assert (ck.chains_healthy == (ck.diagnostics_healthy & ck.health_rules_healthy)).all()
+    assert ck.health_summary.str.startswith("chains ").all()
+    assert (ck.step_size == 1e-4).all()
+    assert metrics["chains_healthy_fraction"] == pytest.approx(ck.chains_healthy.mean())
     # the model learns: the loss at the last checkpoint is below the first
     assert ck.loss_train_observed.iloc[-1] < ck.loss_train_observed.iloc[0]
     cls = pd.read_csv(out / "class_influence.csv")
@@ -144,6 +158,8 @@ def test_all_in_process_writes_figures_tables_and_mlflow(all_run) -> None:
     assert {"figures/fig1_stages.png", "figures/fig2_class_influence.png"} <= figs
     hist = client.get_metric_history(row["run_id"], "induction/score")
     assert sorted(m.step for m in hist) == STEPS
+    for key in ("health/healthy", "health/ess_projected", "health/distance_ratio"):
+        assert sorted(m.step for m in client.get_metric_history(row["run_id"], key)) == STEPS
 
 
 def _main(monkeypatch, argv: list[str]) -> None:
@@ -227,12 +243,113 @@ def test_killed_training_and_checkpoint_jobs_resume(hydra_compose, monkeypatch, 
     monkeypatch.setattr(sw, "sample_token_traces", no_sampling)
     again = sw.run(_cfg(hydra_compose, tmp_path, *job))
     assert again == pytest.approx(first, nan_ok=True)
+    assert {"health/healthy", "health/ess_projected", "health/trend_share_ok"} <= set(first)
+    # a result written before the health rules existed gets them from its traces, unsampled
+    old = torch.load(result, weights_only=False)
+    for key in ("health", "health_summary", "health_failed", "health_healthy"):
+        del old[key]
+    torch.save(old, result)
+    upgraded = sw.run(_cfg(hydra_compose, tmp_path, *job))
+    assert upgraded == pytest.approx(first, nan_ok=True)
+    assert "health_summary" in torch.load(result, weights_only=False)
     # without its result file, the job is rebuilt from the complete on-disk traces
     result.unlink()
     monkeypatch.undo()
     rebuilt = sw.run(_cfg(hydra_compose, tmp_path, *job))
     for key in ("induction/score", "llc", "class_correlation/other_to_other"):
         assert rebuilt[key] == pytest.approx(first[key], nan_ok=True)
+
+
+def test_calibration_auto_runs_once_and_every_checkpoint_uses_it(
+    hydra_compose, monkeypatch, tmp_path
+) -> None:
+    """calibration=auto: calibrated once at the last checkpoint, shared by the checkpoint jobs
+    (the first computes it, the others read it), reported by the merge."""
+    sw.run(_cfg(hydra_compose, tmp_path, "experiment.mode=train"))  # no calibration here
+    calls = []
+    real = sw.resolve_sampler
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])  # the model it calibrates at
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "resolve_sampler", counted)
+
+    def job(label: str) -> dict[str, float]:
+        return sw.run(
+            _cfg(hydra_compose, tmp_path, *CALIBRATION, "experiment.mode=checkpoint",
+                 f"experiment.checkpoint={label}")
+        )  # fmt: skip
+
+    first = job("step4")
+    assert len(calls) == 1
+    saved = list((tmp_path / "cache").rglob("calibration/cal-*/sampler.json"))
+    assert len(saved) == 1
+    folder = saved[0].parent
+    assert (folder / "calibration.csv").exists() and (folder / "report.pt").exists()
+    info = json.loads(saved[0].read_text())
+    assert info["checkpoint"] == "step20" and info["original"]["step_size"] == 1e-4
+    chosen = info["sampler"]["step_size"]
+    mtime = saved[0].stat().st_mtime_ns
+    others = [job("step9"), job("step20")]
+    assert len(calls) == 1 and saved[0].stat().st_mtime_ns == mtime  # read, not recomputed
+    for m in (first, *others):
+        assert m["sampler/step_size"] == pytest.approx(chosen)
+        assert {"health/healthy", "health/ess_projected", "health/distance_ratio"} <= set(m)
+        assert m["chains_healthy"] <= m["health/healthy"]
+    # checkpoints are keyed by the sampler actually used
+    results = sorted((tmp_path / "cache").rglob("result.pt"))
+    assert len(results) == 3
+    configured = chosen == pytest.approx(1e-4)
+    assert {p.parent.parent.name == "checkpoints" for p in results} == {configured}
+
+    merged = sw.run(_cfg(hydra_compose, tmp_path, *CALIBRATION, "experiment.mode=merge"))
+    assert len(calls) == 1
+    assert merged["calibration/step_size"] == pytest.approx(chosen)
+    out = tmp_path / "stagewise_lm"
+    table = pd.read_csv(out / "calibration" / "calibration.csv")
+    assert len(table) == merged["calibration/num_candidates"] >= 1
+    if merged["calibration/healthy"]:  # a healthy candidate was chosen ...
+        assert chosen in set(table["step_size"])
+    else:  # ... or, none healthy in this tiny setting, the configured step is kept
+        assert chosen == pytest.approx(1e-4)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["calibration"]["step_size"] == pytest.approx(chosen)
+    assert summary["config"]["sampler_used"]["step_size"] == pytest.approx(chosen)
+    assert "calibrat" in summary["note"]  # the figures' note names the calibrated step
+    ck = pd.read_csv(out / "checkpoints.csv")
+    assert ck.step.tolist() == STEPS and np.allclose(ck.step_size, chosen)
+    assert ck.chains_healthy.mean() == pytest.approx(merged["chains_healthy_fraction"])
+    # a report pickle that cannot be read back: the merge falls back to the saved files
+    (folder / "report.pt").write_bytes(b"not a pickle")
+    shutil.rmtree(out / "calibration")
+    fallback = sw.run(_cfg(hydra_compose, tmp_path, *CALIBRATION, "experiment.mode=merge"))
+    assert fallback["calibration/step_size"] == pytest.approx(chosen)
+    assert (out / "calibration" / "calibration.csv").read_bytes() == (
+        folder / "calibration.csv"
+    ).read_bytes()
+
+    # the same settings computed again give the same calibration (seeded)
+    folder.rename(folder.with_name("previous"))
+    again = sw.run(_cfg(hydra_compose, tmp_path, *CALIBRATION, "experiment.mode=train"))
+    assert len(calls) == 2 and again["calibration/step_size"] == pytest.approx(chosen)
+    assert json.loads(saved[0].read_text())["sampler"] == info["sampler"]
+
+    # a calibration choosing another step size: its checkpoints get their own folder
+    def other_step(*args, **kwargs):
+        sampler, report = real(*args, **kwargs)
+        report.config = sampler.replace(step_size=sampler.step_size / 2)
+        return report.config, report
+
+    monkeypatch.setattr(sw, "resolve_sampler", other_step)
+    forced = sw.run(
+        _cfg(hydra_compose, tmp_path, *CALIBRATION, "calibration.seed=1",
+             "experiment.mode=checkpoint", "experiment.checkpoint=step20")
+    )  # fmt: skip
+    assert forced["sampler/step_size"] == pytest.approx(chosen / 2)
+    fp = sw.SGLDConfig.from_mapping(info["sampler"]).replace(step_size=chosen / 2).fingerprint()
+    roots = [p.parent.parent.name for p in (tmp_path / "cache").rglob("step20/result.pt")]
+    assert len(roots) == 2 and f"checkpoints-{fp}" in roots  # the first result is untouched
 
 
 def _local_run(tmp_path: Path) -> Path:
