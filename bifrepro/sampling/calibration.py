@@ -96,13 +96,15 @@ _SEARCHABLE = ("step_size", "localization", "nbeta")
 #: The selection rule in one paragraph (also written next to every calibration report).
 RULE = (
     "Largest healthy step size. Pilot chains (same nβ, γ, batch size, burn-in and thinning as the "
-    "real run; a seeded subset of training items observed) run for a geometric grid of ε scanned "
+    "real run; a seeded subset of training items observed) run for a geometric grid of ε (from "
+    "the largest step the curvature filter admits down to grid_min, with anchor_grid) scanned "
     "from the largest value down (stopping at the first healthy one, or at the first whose chains "
     "mix too slowly), then refined between the largest healthy grid point and the next "
     "larger one (if no grid point is healthy: between the largest step that did not diverge and the "
     "next larger one). Steps with ε·λ_max(nβH+γI) > max_step_curvature (power-iteration estimate "
     "of the Hessian's top eigenvalue) are rejected unrun. A pilot is healthy when no chain drifts "
-    "(trend extrapolated to the real run's draws), split R-hat <= max_rhat, the ESS projected to "
+    "(trend extrapolated to the real run's draws), split R-hat projected to the real run's draws "
+    "<= max_rhat, the ESS projected to "
     "the real run >= min_ess, E|w-w*|² <= distance_slack·d/(γ(1-εγ/4)), λ̂ = nβ·ΔL <= "
     "loss_slack·d/2 and per-chain trends explain <= max_trend_share of the item covariance. "
     "Searched γ/nβ: the pair closest (in log) to the caller's that has a healthy ε wins."
@@ -137,6 +139,11 @@ class CalibrationConfig:
     min_pilot_draws: int = 40
     #: Candidates with ε·λ_max(nβH + γI) above this are rejected without running.
     max_step_curvature: float = 1.0
+    #: Start the coarse grid at the largest step the curvature pre-filter admits
+    #: (``max_step_curvature / λ_max(nβH + γI)``, when inside [grid_min, grid_max]) and space the
+    #: ``grid_points`` down to ``grid_min`` from there: no pilot is spent on steps the filter
+    #: rejects, and the grid is finer where the healthy window is. Off: the fixed grid.
+    anchor_grid: bool = True
     #: Estimate λ_max(H) by power iteration (off: only γ enters the pre-filter).
     estimate_curvature: bool = True
     #: Training items (seeded subset) in the Hessian-vector products of the curvature estimate.
@@ -439,7 +446,6 @@ class CalibrationReport:
 
         What every experiment does with a report of ``sampler=auto``.
         """
-        log.info("%s", self.summary())
         for path in self.save(out_dir).values():
             tracker.log_artifact(path, "calibration")
         return self.to_metrics(prefix)
@@ -607,17 +613,30 @@ def calibrate_report(
         log.info("  ε=%.3g γ=%g nβ=%g (%s): %s", eps, gamma, nbeta, stage, verdict)
         return cand
 
+    def grid(gamma: float, nbeta: float) -> list[float]:
+        """The coarse grid, anchored at the curvature cap of this (γ, nβ) when asked."""
+        if not cal.anchor_grid:
+            return coarse
+        curvature = gamma + (nbeta * abs(lam_h) if math.isfinite(lam_h) else 0.0)
+        scale = config.rmsprop_eps if config.preconditioner == "rmsprop" else 1.0
+        cap = cal.max_step_curvature * scale / curvature * (1 - 1e-9) if curvature > 0 else math.inf
+        if not cal.grid_min < cap < cal.grid_max:
+            return coarse
+        points = np.geomspace(cal.grid_min, cap, cal.grid_points)
+        return sorted({float(v) for v in points}, reverse=True)
+
     def search_step(gamma: float, nbeta: float) -> Candidate | None:
+        coarse_grid = grid(gamma, nbeta)
         best: Candidate | None = None
         lower: float | None = None  # bottom of the gap to refine
         upper: float | None = None  # top of the gap (an unhealthy grid point)
         ran: list[Candidate] = []
-        for i, eps in enumerate(coarse):
+        for i, eps in enumerate(coarse_grid):
             cand = evaluate(eps, gamma, nbeta, "coarse")
             ran.append(cand)
             if cand.healthy and best is None:
                 best = cand
-                lower, upper = eps, (coarse[i - 1] if i > 0 else None)
+                lower, upper = eps, (coarse_grid[i - 1] if i > 0 else None)
                 if not cal.exhaustive:
                     break
             if best is None and not cal.exhaustive and _too_slow(cand):
@@ -628,7 +647,7 @@ def calibrate_report(
             ok = [c.step_size for c in ran if c.status == "ok"]
             if ok:
                 lower = max(ok)
-                above = [e for e in coarse if e > lower]
+                above = [e for e in coarse_grid if e > lower]
                 upper = min(above) if above else None
         if lower is not None and upper is not None and cal.refine_points > 0:
             ratio = upper / lower

@@ -361,13 +361,32 @@ def check_trend(
 
 
 def check_rhat(
-    pooled_loss: torch.Tensor, thresholds: HealthThresholds | None = None
+    pooled_loss: torch.Tensor,
+    thresholds: HealthThresholds | None = None,
+    target_draws: int | None = None,
 ) -> HealthCheck:
-    """Split R-hat of the pooled loss; NaN (too few draws) passes with a note."""
+    """Split R-hat of the pooled loss; NaN (too few draws) passes with a note.
+
+    With ``target_draws`` larger than the chains' length (a pilot vouching for a longer run),
+    the excess is projected to that length: for stationary chains that agree in distribution,
+    ``R̂² − 1`` is the Monte Carlo spread of the chain means, which shrinks as ``1/draws``, so
+    ``R̂_target = sqrt(1 + (R̂² − 1)·draws/target_draws)``. Chains that sit in different places
+    do not shrink like that; they are what the trend and distance rules (and the real run's own
+    R-hat) catch.
+    """
     th = thresholds or HealthThresholds()
     rhat = split_rhat(pooled_loss)
     if math.isnan(rhat):
         return HealthCheck("rhat", rhat, th.max_rhat, True, "n/a (too few draws)")
+    n = pooled_loss.shape[1]
+    if target_draws is not None and target_draws > n:
+        projected = math.sqrt(1.0 + max(rhat**2 - 1.0, 0.0) * n / target_draws)
+        ok = projected <= th.max_rhat
+        detail = (
+            f"{projected:.3f} projected to {target_draws} draws ({rhat:.3f} over {n}) "
+            f"vs <= {th.max_rhat:g}"
+        )
+        return HealthCheck("rhat", projected, th.max_rhat, ok, detail)
     ok = rhat <= th.max_rhat
     return HealthCheck("rhat", rhat, th.max_rhat, ok, f"{rhat:.3f} vs <= {th.max_rhat:g}")
 
@@ -483,7 +502,7 @@ def assess_chains(
             all observables pooled.
         thresholds: rule thresholds.
         target_draws, target_chains: size of the run being vouched for (default: this one). A pilot
-            passes the real run's size so trend and ESS are projected to it.
+            passes the real run's size so trend, R-hat and ESS are projected to it.
     """
     th = thresholds or HealthThresholds()
     pooled = diagnostics.pooled_loss()
@@ -494,9 +513,10 @@ def assess_chains(
     trend, s = check_trend(pooled, th, target_draws)
     checks.append(trend)
     stats.update(s)
-    rhat = check_rhat(pooled, th)
+    rhat = check_rhat(pooled, th, target_draws)
     checks.append(rhat)
     stats["rhat"] = rhat.value
+    stats["rhat_observed"] = split_rhat(pooled)
     if traces is not None:
         if isinstance(traces, torch.Tensor):
             items = item_traces(traces)

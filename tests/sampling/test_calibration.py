@@ -74,11 +74,21 @@ def test_curvature_estimate_matches_the_exact_hessian(report, problem):
     exact = float(torch.linalg.eigvalsh(x.T @ x / len(x)).max())
     assert report.hessian_top_eigenvalue == pytest.approx(exact, rel=0.01)
     assert NBETA * report.hessian_top_eigenvalue + GAMMA == pytest.approx(lam_max, rel=0.01)
-    # Steps beyond the curvature limit were rejected without running, with the reason.
+    # The grid starts at the largest step the curvature filter admits: nothing is skipped.
+    assert (report.table["status"] != "skipped").all()
+    top = report.table["step_size"].max()
+    assert top * lam_max == pytest.approx(report.calibration.max_step_curvature, rel=0.02)
+
+
+def test_fixed_grid_rejects_steps_beyond_the_curvature_limit_unrun(problem):
+    data, model, lam_max = problem
+    cal = CalibrationConfig(anchor_grid=False, **_GRID)
+    report = calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
     skipped = report.table[report.table["status"] == "skipped"]
-    assert len(skipped) >= 1
+    assert len(skipped) >= 1 and (skipped["seconds"] == 0).all()
     assert (skipped["step_size"] * lam_max > report.calibration.max_step_curvature * 0.99).all()
     assert skipped["reasons"].str.contains("λ_max").all()
+    assert report.config.step_size * lam_max <= report.calibration.max_step_curvature * 1.01
 
 
 def test_chooses_the_largest_healthy_step_inside_the_stable_range(report, problem):
@@ -175,6 +185,7 @@ def test_prior_only_prefilter_skips_without_running(problem):
         refine_points=0,
         estimate_curvature=False,
         max_step_curvature=1.5,
+        anchor_grid=False,
     )
     report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
     skipped = report.table[report.table["status"] == "skipped"]
@@ -196,11 +207,18 @@ def test_a_window_narrower_than_the_grid_is_found_by_refining_below_the_divergen
     data, model, lam_max = problem
     # Grid 1e-1 (beyond the curvature limit), 1e-3 (mixes too slowly), 1e-5: the healthy window
     # lies in between.
-    cal = CalibrationConfig(grid_min=1e-5, grid_max=1e-1, grid_points=3, refine_points=2)
+    kw = dict(grid_min=1e-5, grid_max=1e-1, grid_points=3, refine_points=2)
+    cal = CalibrationConfig(anchor_grid=False, **kw)
     report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
     assert report.healthy, report.table[["step_size", "reasons"]]
     assert report.chosen is not None and report.chosen.stage == "refine"
     assert 1e-3 < report.config.step_size < 4 / lam_max
+    # The anchored grid starts inside that window (at the curvature limit): one pilot suffices.
+    anchored = calibrate_report(
+        model, mse_loss, data, _config(), calibration=CalibrationConfig(**kw)
+    )
+    assert anchored.chosen is not None and anchored.chosen.stage == "coarse"
+    assert len(anchored.table) == 1 and anchored.config.step_size > report.config.step_size
 
 
 def test_resolve_sampler_passthrough_and_calibrated(problem, tmp_path):

@@ -278,3 +278,23 @@ def test_run_health_reports_rules_diagnostics_and_detrending_effect():
     assert bad.metrics["health/trend_ok"] == 0.0
     # the shared trend is most of the cross-covariance: detrending removes it
     assert bad.metrics["detrend/trend_share"] > 0.9 > ok.metrics["detrend/trend_share"]
+
+
+def test_rhat_of_a_short_pilot_is_projected_to_the_real_run():
+    """Stationary chains: R̂² − 1 is Monte Carlo spread of chain means, shrinking as 1/draws."""
+    from bifrepro.sampling.diagnostics import split_rhat
+
+    short = _ar1(2, 40, 0.97, seed=30)[..., 0]  # τ ≈ 65 draws: chain means differ by noise
+    observed = split_rhat(short)
+    assert observed > 1.5  # a 40-draw pilot of slowly mixing chains looks unconverged ...
+    plain = check_rhat(short)
+    assert plain.value == pytest.approx(observed) and not plain.passed
+    projected = check_rhat(short, target_draws=4000)
+    expected = math.sqrt(1 + (observed**2 - 1) * 40 / 4000)
+    assert projected.value == pytest.approx(expected) and projected.passed  # ... not at 4000
+    assert "projected to 4000 draws" in projected.detail
+    # a run vouching for itself (or a shorter one) is judged on its own R-hat
+    assert check_rhat(short, target_draws=40).value == pytest.approx(observed)
+    # long stationary chains that agree: R-hat near 1 either way
+    long = _ar1(2, 4000, 0.9, seed=32)[..., 0]
+    assert check_rhat(long).value < 1.05
