@@ -79,6 +79,7 @@ __all__ = [
     "check_rhat",
     "check_ess",
     "check_distance",
+    "check_step",
     "check_loss",
     "check_trend_share",
     "assess_chains",
@@ -110,6 +111,9 @@ class HealthThresholds:
     loss_slack: float = 2.0
     #: Largest acceptable share of the item covariance explained by per-chain linear trends.
     max_trend_share: float = 0.5
+    #: Largest acceptable ε_eff·γ: the localization alone is a lower bound on the stiffest
+    #: curvature λ_max(nβH + γI) at a minimum, so above this the Euler step is too coarse.
+    max_step_curvature: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -421,6 +425,30 @@ def check_ess(
     return HealthCheck("ess", projected, required, ok, detail), stats
 
 
+def check_step(
+    step_size: float,
+    localization: float,
+    thresholds: HealthThresholds | None = None,
+    hessian_top_eigenvalue: float | None = None,
+    nbeta: float = 0.0,
+) -> HealthCheck:
+    """Step rule: ``ε_eff·(γ + nβ·λ_max(H)) <= max_step_curvature`` (``λ_max(H)`` when known).
+
+    ``step_size`` is the effective step (``ε / rmsprop_eps`` for RMSProp-SGLD, an upper bound).
+    A step far beyond the stiffest direction's scale need not diverge (curvature can fall away
+    from ``w*``), and its chains can look stationary and well mixed, yet the samples are not
+    from the local posterior: this rule names it.
+    """
+    th = thresholds or HealthThresholds()
+    lam = abs(hessian_top_eigenvalue) if hessian_top_eigenvalue is not None else math.nan
+    curvature = localization + (nbeta * lam if math.isfinite(lam) else 0.0)
+    value = step_size * curvature
+    what = "ε_eff·λ_max(nβH + γI)" if math.isfinite(lam) else "ε_eff·γ"
+    ok = value <= th.max_step_curvature * (1 + 1e-6)
+    detail = f"{what} = {value:.3g} vs <= {th.max_step_curvature:g}"
+    return HealthCheck("step", value, th.max_step_curvature, ok, detail)
+
+
 def check_distance(
     distance: torch.Tensor,
     num_params: int,
@@ -510,6 +538,8 @@ def assess_chains(
     checks: list[HealthCheck] = []
     stats: dict[str, float] = {}
 
+    checks.append(check_step(step_size, localization, th))
+    stats["step_times_gamma"] = checks[-1].value
     trend, s = check_trend(pooled, th, target_draws)
     checks.append(trend)
     stats.update(s)

@@ -165,3 +165,41 @@ def test_token_figure_and_html_page() -> None:
         and "title='+0.800'" in page
         and "title='-0.300'" in page
     )
+
+
+def test_calibration_auto_calibrates_the_sampler_and_records_health(
+    hydra_compose, tmp_path
+) -> None:
+    """`calibration=auto`: the traces use the calibrated step; evidence and health are recorded."""
+    cfg = hydra_compose(
+        [*TINY, f"results_dir={tmp_path}", "tracking.enabled=false", "experiment.methods=[bif]",
+         "calibration=auto", "calibration.grid_points=3", "calibration.refine_points=0",
+         "calibration.min_pilot_draws=12", "calibration.estimate_curvature=false"]
+    )  # fmt: skip
+    metrics = lang.run(cfg)
+    out = tmp_path / "language"
+    chosen = metrics["calibration/step_size"]
+    table = pd.read_csv(out / "calibration" / "calibration.csv")
+    assert len(table) == metrics["calibration/num_candidates"] >= 1
+    assert (out / "calibration" / "calibration_summary.png").stat().st_size > 0
+    if metrics["calibration/healthy"]:  # a healthy candidate was chosen ...
+        assert chosen in set(table["step_size"])
+    else:  # ... or the configured step is kept (tiny pilots may all fail), with a warning
+        assert chosen == pytest.approx(1e-4)
+    # the traces were sampled with what the calibration returned, and the results say so
+    saved = json.loads((out / "metrics.json").read_text())
+    used = saved["config"]["sampler"]
+    assert used["step_size"] == pytest.approx(chosen) and used["preconditioner"] == "rmsprop"
+    assert used["nbeta"] == 100.0 and metrics["sampler/step_size"] == pytest.approx(chosen)
+    assert saved["calibration_summary"].startswith("calibration ")
+    (traces_dir,) = (tmp_path / "cache" / "language").glob("traces-*")
+    manifest = json.loads((traces_dir / "manifest.json").read_text())
+    assert manifest["config"]["step_size"] == pytest.approx(chosen)
+    # full health rules next to the basic diagnostics; `healthy` needs both
+    for rule in ("trend", "rhat", "ess", "distance", "loss", "trend_share"):
+        assert f"health/{rule}_ok" in metrics, rule
+    assert metrics["chains_healthy"] == float(
+        bool(metrics["chain/healthy"]) and bool(metrics["health/healthy"])
+    )
+    assert saved["health_summary"].startswith("chains ")
+    assert ("NOT healthy" in saved["note"]) == (not metrics["chains_healthy"])

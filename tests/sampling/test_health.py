@@ -17,6 +17,7 @@ from bifrepro.sampling.health import (
     check_ess,
     check_loss,
     check_rhat,
+    check_step,
     check_trend,
     check_trend_share,
     detrend_effect,
@@ -218,6 +219,7 @@ def test_assess_chains_healthy_and_each_failure_named():
     assert report.is_healthy, report.summary()
     assert report.reasons == []
     assert {ch.name for ch in report.checks} == {
+        "step",
         "trend",
         "rhat",
         "ess",
@@ -298,3 +300,18 @@ def test_rhat_of_a_short_pilot_is_projected_to_the_real_run():
     # long stationary chains that agree: R-hat near 1 either way
     long = _ar1(2, 4000, 0.9, seed=32)[..., 0]
     assert check_rhat(long).value < 1.05
+
+
+def test_step_rule_flags_a_step_too_coarse_for_the_localization():
+    """ε·γ is a lower bound on ε·λ_max(nβH + γI): above the limit the step is too coarse, even if
+    the chains look stationary (a 10x step need not diverge)."""
+    ok = check_step(1e-4, 1000.0)
+    assert ok.passed and ok.value == pytest.approx(0.1)
+    coarse = check_step(1.5e-3, 1000.0)
+    assert not coarse.passed and coarse.value == pytest.approx(1.5) and "ε_eff·γ" in coarse.detail
+    # with the Hessian's top eigenvalue the bound tightens: 1e-4 * (1000 + 100 * 59) = 0.69
+    tight = check_step(1e-4, 1000.0, hessian_top_eigenvalue=59.0, nbeta=100.0)
+    assert tight.passed and tight.value == pytest.approx(0.69)
+    assert not check_step(2e-4, 1000.0, hessian_top_eigenvalue=59.0, nbeta=100.0).passed
+    # the threshold is configurable
+    assert check_step(1.5e-3, 1000.0, HealthThresholds(max_step_curvature=2.0)).passed
