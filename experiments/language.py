@@ -46,7 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bifrepro.attribution.base import CausalLMTask
 from bifrepro.attribution.configs import EKFACConfig, GradSimConfig
-from bifrepro.attribution.token_bif import TokenBIF, sample_token_traces
+from bifrepro.attribution.token_bif import TokenBIF, sample_token_traces, sequence_loss
 from bifrepro.config import ConfigError, register_configs, validate_config
 from bifrepro.data.text import (
     CATEGORY_LEVEL,
@@ -68,11 +68,20 @@ from bifrepro.evaluation.token_metrics import (
 from bifrepro.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 from bifrepro.models.lm import CausalLMConfig, embedded_causal_lm, load_causal_lm
 from bifrepro.plots.tokens import TokenPanel, TokenRow, plot_token_panels, token_panels_html
-from bifrepro.sampling import SGLDConfig
+from bifrepro.sampling import CalibrationConfig, CalibrationReport, SGLDConfig, resolve_sampler
+from bifrepro.sampling.health import assess_traces
 from bifrepro.tracking import start_run
 from experiments import CONF_DIR
 
-__all__ = ["LanguageConfig", "LanguageSetup", "setup_language", "run", "main", "FIGURES"]
+__all__ = [
+    "LanguageConfig",
+    "LanguageSetup",
+    "setup_language",
+    "calibrate_sampler",
+    "run",
+    "main",
+    "FIGURES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +287,8 @@ def _setup(
 
 def _validated(cfg: DictConfig) -> Any:
     register_language_configs()
-    vc = validate_config(cfg, groups=("data", "model", "sampler", "tracking", "experiment"))
+    groups = ("data", "model", "sampler", "tracking", "experiment", "calibration")
+    vc = validate_config(cfg, groups=groups)
     if not isinstance(vc.experiment, LanguageConfig):
         raise ConfigError("experiment: expected the language schema (experiment=language)")
     if not isinstance(vc.data, TextCorpusConfig) or not isinstance(vc.model, CausalLMConfig):
@@ -562,6 +572,36 @@ def _with_frozen(model: torch.nn.Module, frozen: list[str]) -> torch.nn.Module:
     return work
 
 
+def calibrate_sampler(
+    s: LanguageSetup,
+    sampled: torch.nn.Module,
+    sampler: SGLDConfig,
+    calibration: CalibrationConfig,
+    progress: bool | None = None,
+) -> tuple[SGLDConfig, CalibrationReport]:
+    """The calibrated sampler (``sampler=auto`` / ``calibration=auto``) and the evidence.
+
+    Pilot chains run where the real run samples: at ``w*`` of ``sampled`` (frozen parameters stay
+    fixed), on the mean sequence loss over every training sequence (:func:`sequence_loss`, the
+    loss of :func:`sample_token_traces`). The pilots observe per-sequence losses (mean over the
+    predicted tokens) of a seeded subset of training sequences and of the queries: the health rules
+    judge items, and a sequence's mean is what its per-token traces average to.
+    """
+    sampler, report = resolve_sampler(
+        sampler,
+        dataclasses.replace(calibration, enabled=True),
+        sampled,
+        sequence_loss,
+        s.train.dataset(),
+        query_data=s.queries.dataset(),
+        query_loss_fn=sequence_loss,
+        n_query=len(s.queries),
+        progress=progress,
+    )
+    assert report is not None
+    return sampler, report
+
+
 def _output_dir(exp: LanguageConfig, results_dir: Path) -> Path:
     if exp.output_dir:
         return Path(exp.output_dir).expanduser().resolve()
@@ -608,6 +648,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
             len(s.train), len(obs), exp.seq_len, len(qs), s.model_info["model_path"],
         )  # fmt: skip
 
+        sampled = _with_frozen(s.model, exp.frozen)
+        num_sampled = sum(p.numel() for p in sampled.parameters() if p.requires_grad)
+        calibration_summary = None
+        if vc.calibration.enabled:  # sampler=auto / calibration=auto
+            sampler, report = calibrate_sampler(s, sampled, sampler, vc.calibration, exp.progress)
+            metrics.update(report.record(tracker, out_dir / "calibration"))
+            calibration_summary = report.summary()
+
         # 1. per-token loss traces on disk (resumable)
         key = texts_fingerprint(
             [s.model_info["model_path"], sampler.fingerprint(), *sorted(exp.frozen)],
@@ -615,7 +663,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             weights=_seq_fingerprint(*[p.detach().cpu() for p in list(s.model.parameters())[:2]]),
         )
         traces_dir = cache_dir / f"traces-{key}"
-        sampled = _with_frozen(s.model, exp.frozen)
         t0 = time.perf_counter()
         traces = sample_token_traces(
             sampled, obs.dataset(), qs.dataset(), sampler, sgld_data=s.train.dataset(),
@@ -624,7 +671,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["timing/bif/sampling_seconds"] = time.perf_counter() - t0
         diag = traces.diagnostics
         metrics.update(diag.to_metrics("chain/"))
-        healthy = bool(diag.is_healthy)
+        # every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
+        thresholds = vc.calibration.thresholds
+        health = assess_traces(traces, num_params=num_sampled, thresholds=thresholds)
+        metrics.update(health.to_metrics("health/"))
+        healthy = bool(diag.is_healthy) and health.is_healthy
+        if not healthy:
+            log.warning("BIF chains are not healthy: %s | %s", diag.summary(), health.summary())
         tb = TokenBIF.from_traces(
             traces, normalize=exp.normalize, block_size=exp.block_size, detrend=exp.detrend
         )
@@ -693,7 +746,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "Token-level BIF: poster examples",
             intro=f"{note}. Model {s.model_info['display_name']}. SGLD ε={sampler.step_size:g}, "
             f"nβ={sampler.nbeta:g}, γ={sampler.localization:g}, preconditioner "
-            f"{sampler.preconditioner}. {diag.summary()}",
+            f"{sampler.preconditioner}. {diag.summary()}. {health.summary()}",
             score_label=f"{exp.normalize} with the query token",
         )
 
@@ -701,6 +754,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["num_observed_sequences"] = float(len(obs))
         metrics["num_observed_tokens"] = float(obs.attention_mask.sum())
         metrics["chains_healthy"] = float(healthy)
+        metrics["num_sampled_parameters"] = float(num_sampled)
+        metrics["sampler/step_size"] = float(sampler.step_size)
+        metrics["sampler/nbeta"] = float(sampler.nbeta)
+        metrics["sampler/localization"] = float(sampler.localization)
         for k in ("lm_train_seconds", "lm_final_loss", "lm_first_loss", "num_parameters"):
             if k in s.model_info:
                 metrics[k] = float(s.model_info[k])
@@ -722,6 +779,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         summary = {
             "metrics": metrics,
             "chain_summary": diag.summary(),
+            "health_summary": health.summary(),
+            "calibration_summary": calibration_summary,
             "note": note,
             "model": {
                 k: _relative(v, vc.results_dir) if k == "model_path" else v
@@ -740,7 +799,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         }
         atomic_write_json(summary, out_dir / "metrics.json")
         tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        tracker.set_tags({"chains_healthy": healthy, "bif_estimator": exp.normalize})
+        tracker.set_tags(
+            {
+                "chains_healthy": healthy,
+                "bif_estimator": exp.normalize,
+                "sampler_calibrated": calibration_summary is not None,
+            }
+        )
         for name in (*tables, "metrics.json", "language_tokens.html"):
             tracker.log_artifact(out_dir / name, "tables")
     log.info(
