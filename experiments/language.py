@@ -596,6 +596,7 @@ def calibrate_sampler(
         query_data=s.queries.dataset(),
         query_loss_fn=sequence_loss,
         n_query=len(s.queries),
+        n_observed=len(s.observed) + len(s.queries),  # sequences scored per draw (cost)
         progress=progress,
     )
     assert report is not None

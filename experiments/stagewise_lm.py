@@ -680,6 +680,7 @@ def _calibration(
         sampler, cal, model, sequence_loss, _sgld_dataset(s),
         query_data=torch.utils.data.TensorDataset(s.query_ids, s.query_mask),
         query_loss_fn=sequence_loss, out_dir=folder, progress=exp.progress,
+        n_observed=len(s.observed_ids) + len(s.query_ids),  # sequences scored per draw (cost)
     )  # fmt: skip
     assert report is not None
     atomic_torch_save(report, folder / _CALIBRATION_REPORT)

@@ -519,6 +519,7 @@ def calibrate_report(
     calibration: CalibrationConfig | None = None,
     *,
     n_query: int = 0,
+    n_observed: int | None = None,
     query_data: Dataset | None = None,
     query_loss_fn: LossFn | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
@@ -536,6 +537,8 @@ def calibrate_report(
             ``"nbeta"``.
         calibration: grid, pilot sizes and health thresholds.
         n_query: queries the real run will observe (for its cost; taken from ``query_data``).
+        n_observed: items the real run observes on every draw (for its cost; default: every
+            training item plus the queries).
         query_data: optional queries; a seeded subset is observed by the pilots too.
         query_loss_fn: loss of the queries (default ``loss_fn``).
         collate_fn: collate function of the datasets.
@@ -557,7 +560,7 @@ def calibrate_report(
         q_sub = _subset(query_data, cal.pilot_items, cal.seed + 1)
         observables["query"] = (q_sub, query_loss_fn or loss_fn)
     n_obs = sum(len(o[0] if isinstance(o, tuple) else o) for o in observables.values())
-    real_cost = run_cost(config, n_train, n_train + n_query)
+    real_cost = run_cost(config, n_train, n_observed if n_observed else n_train + n_query)
 
     lam_h = math.nan
     if cal.estimate_curvature and config.preconditioner == "none":
@@ -847,6 +850,7 @@ def resolve_sampler(
     query_data: Dataset | None = None,
     query_loss_fn: LossFn | None = None,
     n_query: int = 0,
+    n_observed: int | None = None,
     out_dir: str | Path | None = None,
     log_mlflow: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
@@ -868,6 +872,7 @@ def resolve_sampler(
         calibration.search,
         calibration,
         n_query=n_query,
+        n_observed=n_observed,
         query_data=query_data,
         query_loss_fn=query_loss_fn,
         collate_fn=collate_fn,
