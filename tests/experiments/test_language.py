@@ -14,6 +14,7 @@ from bifrepro.config import ConfigError
 from bifrepro.data.tokenizer import train_bpe_tokenizer
 from bifrepro.models.lm import CausalLMConfig, build_small_lm
 from bifrepro.plots.tokens import TokenPanel, TokenRow, plot_token_panels, token_panels_html
+from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
 
 
 @pytest.fixture(autouse=True)
@@ -173,19 +174,11 @@ def test_calibration_auto_calibrates_the_sampler_and_records_health(
     """`calibration=auto`: the traces use the calibrated step; evidence and health are recorded."""
     cfg = hydra_compose(
         [*TINY, f"results_dir={tmp_path}", "tracking.enabled=false", "experiment.methods=[bif]",
-         "calibration=auto", "calibration.grid_points=3", "calibration.refine_points=0",
-         "calibration.min_pilot_draws=12", "calibration.estimate_curvature=false"]
+         "calibration=auto", *FAST_CALIBRATION]
     )  # fmt: skip
     metrics = lang.run(cfg)
     out = tmp_path / "language"
-    chosen = metrics["calibration/step_size"]
-    table = pd.read_csv(out / "calibration" / "calibration.csv")
-    assert len(table) == metrics["calibration/num_candidates"] >= 1
-    assert (out / "calibration" / "calibration_summary.png").stat().st_size > 0
-    if metrics["calibration/healthy"]:  # a healthy candidate was chosen ...
-        assert chosen in set(table["step_size"])
-    else:  # ... or the configured step is kept (tiny pilots may all fail), with a warning
-        assert chosen == pytest.approx(1e-4)
+    chosen = assert_calibration_recorded(metrics, out / "calibration", configured_step=1e-4)
     # the traces were sampled with what the calibration returned, and the results say so
     saved = json.loads((out / "metrics.json").read_text())
     used = saved["config"]["sampler"]

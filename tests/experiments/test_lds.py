@@ -16,6 +16,7 @@ import experiments.lds as lds_exp
 from bifrepro.config import ConfigError
 from bifrepro.evaluation.lds import load_masks, subset_masks
 from bifrepro.evaluation.retrain import MissingRetrainError
+from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
 
 REPO = Path(__file__).resolve().parents[2]
 #: A tiny but complete run: 60 training digits, 10 queries, 2 fractions x 5 subsets.
@@ -140,19 +141,10 @@ def test_sampler_auto_calibrates_bif_and_records_the_evidence(tiny_lds, hydra_co
     metrics = lds_exp.run(
         _cfg(
             hydra_compose, results, None, "sampler=auto", "experiment.methods=[bif]",
-            f"experiment.output_dir={out}", "calibration.grid_points=3",
-            "calibration.min_pilot_draws=12", "calibration.refine_points=0",
-            "calibration.estimate_curvature=false",
+            f"experiment.output_dir={out}", *FAST_CALIBRATION,
         )
     )  # fmt: skip
-    chosen = metrics["calibration/step_size"]
-    table = pd.read_csv(out / "calibration" / "calibration.csv")
-    assert len(table) == metrics["calibration/num_candidates"] >= 1
-    assert (out / "calibration" / "calibration_summary.png").stat().st_size > 0
-    if metrics["calibration/healthy"]:  # a healthy candidate was chosen ...
-        assert chosen in set(table["step_size"])
-    else:  # ... or the configured step is kept (tiny pilots here may all fail), with a warning
-        assert chosen == pytest.approx(5e-5)
+    chosen = assert_calibration_recorded(metrics, out / "calibration", configured_step=5e-5)
     # the BIF run used what the calibration returned, and says so in its results
     used = json.loads((out / "metrics.json").read_text())["bif_sampler"]
     assert used["step_size"] == pytest.approx(chosen) and used["nbeta"] == 100.0
