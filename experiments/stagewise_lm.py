@@ -780,6 +780,7 @@ def _checkpoint_job(
             model = _load_checkpoint(s, model_cfg, exp, label)
             _add_health(result, LossTraces.load(path.parent / "traces"), _num_params(model),
                         thresholds)  # fmt: skip
+            result.setdefault("sampler", sampler.to_dict())  # the path is keyed by it
             atomic_torch_save(result, path)
         return result
     t0 = time.perf_counter()
