@@ -294,6 +294,7 @@ def _analyse(
         "spearman_analytic_loo": sp_ana, "spearman_bif_analytic": sp_bif_ana,
         "chains_healthy": r.bif.healthy,
         "rhat": [m.get("chain/rhat", math.nan) for m in r.bif.chain_metrics],
+        "ess": [m.get("health/ess_projected", math.nan) for m in r.bif.chain_metrics],
         "chain_summary": r.bif.summaries,
     })  # fmt: skip
 

@@ -28,6 +28,7 @@ from bifrepro.sampling import (
     LossFn,
     SamplerDivergedError,
     SGLDConfig,
+    run_health,
     sample_loss_traces,
 )
 
@@ -130,13 +131,15 @@ def bif_over_checkpoints(
             for w in caught:
                 if not issubclass(w.category, ChainDriftWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            diag = traces.diagnostics
+            # core diagnostics, every rule of bifrepro.sampling.health and the detrending effect
+            num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            health = run_health(traces, num_params, query=qname)
             cov_rows.append(bif_scores(traces[qname], traces["train"], normalize="covariance"))
             corr_rows.append(bif_scores(traces[qname], traces["train"], normalize="correlation"))
-            healthy.append(bool(diag.is_healthy))
-            summaries.append(diag.summary())
-            metrics.append(diag.to_metrics())
-            log.debug("step %d: %s", step, diag.summary())
+            healthy.append(health.healthy)
+            summaries.append(health.summary)
+            metrics.append(health.metrics)
+            log.debug("step %d: %s", step, health.summary)
     return CheckpointBIF(
         steps=steps,
         covariance=torch.stack(cov_rows),
