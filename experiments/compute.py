@@ -400,11 +400,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run the compute experiment described by ``cfg``; returns the summary metrics."""
     t_start = time.perf_counter()
     vc = validate_config(
-        cfg, groups=("data", "model", "tracking", "experiment", "methods", "compute")
+        cfg,
+        groups=("data", "model", "tracking", "experiment", "methods", "compute", "calibration"),
     )
     comp: ComputeConfig = vc.compute
     if not isinstance(comp, ComputeConfig):
         raise ConfigError("compute: expected the compute schema (experiment=compute)")
+    if vc.calibration.enabled:
+        raise ConfigError(
+            "sampler=auto / calibration=auto: experiment=compute times a fixed sampler; calibrate "
+            "with `experiment=lds sampler=auto` and pass the chosen step (sampler.step_size=...)"
+        )
     if not isinstance(vc.model, SmallCNNConfig) or not isinstance(
         vc.data, lds_exp.EmbeddedImagesConfig
     ):

@@ -106,6 +106,11 @@ def test_bad_grid_is_refused(hydra_compose, tmp_path) -> None:
     cfg = hydra_compose(["experiment=compute", "compute.reference=bif", f"results_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="reference"):
         compute.run(cfg)
+    # a calibrated sampler is not silently ignored: the compute experiment times a fixed one
+    cfg = hydra_compose(["experiment=compute", "sampler=auto", f"results_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="sampler=auto"):
+        compute.run(cfg)
+    assert not (tmp_path / "compute").exists()
 
 
 def test_cost_models_recover_known_laws() -> None:
