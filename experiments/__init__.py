@@ -12,3 +12,26 @@ from pathlib import Path
 
 #: Absolute path of the repository's Hydra config folder.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def in_multirun() -> bool:
+    """True inside a Hydra multirun job (each job then writes to its own job folder)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def output_dir(explicit: str | None, results_dir: Path, *parts: str) -> Path:
+    """Where an experiment writes its figures and tables.
+
+    ``explicit`` (``experiment.output_dir``) if set, else the Hydra job folder in a multirun,
+    else ``results_dir/<parts...>`` (e.g. ``results/lds``).
+    """
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(results_dir).joinpath(*parts)

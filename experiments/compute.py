@@ -68,7 +68,7 @@ from bifrepro.sampling.calibration import run_cost
 from bifrepro.tracking import start_run
 from bifrepro.training import train_model
 from bifrepro.validation import bad as _bad
-from experiments import CONF_DIR
+from experiments import CONF_DIR, output_dir
 
 __all__ = ["ComputeConfig", "register_compute_configs", "run", "main"]
 
@@ -386,14 +386,8 @@ def _time_to_equal_lds(
 
 
 def _output_dir(comp: ComputeConfig, name: str, results_dir: Path) -> Path:
-    if comp.output_dir:
-        return Path(comp.output_dir).expanduser().resolve()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / name
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(comp.output_dir, results_dir, name)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

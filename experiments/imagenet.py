@@ -80,7 +80,7 @@ from bifrepro.models.vision import (
 from bifrepro.plots.gallery import GalleryMethod, plot_agreement, plot_gallery
 from bifrepro.sampling import RunHealth, SGLDConfig, run_health, sample_loss_traces
 from bifrepro.tracking import RunTracker, start_run
-from experiments import CONF_DIR
+from experiments import CONF_DIR, output_dir
 
 __all__ = ["ImageNetExperimentConfig", "register_imagenet_configs", "run", "main"]
 
@@ -261,15 +261,8 @@ def _device(name: str) -> torch.device:
 
 
 def _output_dir(exp: ImageNetExperimentConfig, results_dir: Path, dataset: str) -> Path:
-    """Explicit output_dir, else the Hydra job folder in a multirun, else results/<name>/<data>."""
-    if exp.output_dir:
-        return Path(exp.output_dir).expanduser().resolve()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / exp.name / dataset
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(exp.output_dir, results_dir, exp.name, dataset)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from bifrepro.plots.tokens import TokenPanel, TokenRow, plot_token_panels, token
 from bifrepro.sampling import CalibrationConfig, CalibrationReport, SGLDConfig, resolve_sampler
 from bifrepro.sampling.health import assess_traces
 from bifrepro.tracking import start_run
-from experiments import CONF_DIR
+from experiments import CONF_DIR, output_dir
 
 __all__ = [
     "LanguageConfig",
@@ -604,14 +604,8 @@ def calibrate_sampler(
 
 
 def _output_dir(exp: LanguageConfig, results_dir: Path) -> Path:
-    if exp.output_dir:
-        return Path(exp.output_dir).expanduser().resolve()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / exp.name
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(exp.output_dir, results_dir, exp.name)
 
 
 def _relative(path: str, results_dir: Path) -> str:

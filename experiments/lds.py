@@ -99,7 +99,7 @@ from bifrepro.tracking import RunTracker, start_run
 from bifrepro.training import accuracy
 from bifrepro.validation import bad as _bad
 from bifrepro.validation import int_at_least as _int_at_least
-from experiments import CONF_DIR
+from experiments import CONF_DIR, in_multirun, output_dir
 
 __all__ = [
     "EmbeddedImagesConfig",
@@ -413,22 +413,9 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _output_dir(exp: LDSConfig, results_dir: Path) -> Path:
-    """Explicit output_dir, else the Hydra job folder in a multirun, else results_dir/<name>."""
-    if exp.output_dir:
-        return Path(exp.output_dir).expanduser().resolve()
-    if _in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / exp.name
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(exp.output_dir, results_dir, exp.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -841,7 +828,7 @@ def _retrain_stage(problem: LDSProblem) -> dict[str, float]:
     exp = problem.exp
     seeds = exp.seeds if exp.retrain_seed is None else [exp.retrain_seed]
     n_jobs = exp.retrain_jobs
-    if _in_multirun() and n_jobs > 1:
+    if in_multirun() and n_jobs > 1:
         log.info("retrain stage inside a multirun: one process per job (the launcher parallelises)")
         n_jobs = 1
     before = problem.cache.num_entries()

@@ -105,7 +105,7 @@ from bifrepro.sampling.calibration import CalibrationConfig, CalibrationReport, 
 from bifrepro.sampling.health import HealthThresholds, assess_traces
 from bifrepro.traces import LossTraces
 from bifrepro.tracking import RunTracker, start_run
-from experiments import CONF_DIR
+from experiments import CONF_DIR, output_dir
 from experiments.language import register_language_configs
 
 __all__ = ["StagewiseLMConfig", "run", "main", "FIGURES", "TABLES"]
@@ -1264,14 +1264,8 @@ def _validated(cfg: DictConfig) -> Any:
 
 
 def _output_dir(exp: StagewiseLMConfig, results_dir: Path) -> Path:
-    if exp.output_dir:
-        return Path(exp.output_dir).expanduser().resolve()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / exp.name
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(exp.output_dir, results_dir, exp.name)
 
 
 def _selected_label(s: _Setup, exp: StagewiseLMConfig) -> str:

@@ -59,7 +59,7 @@ from bifrepro.plots.style import health_note
 from bifrepro.plots.toy import plot_influence_curves, plot_influence_matrices, plot_mode_strengths
 from bifrepro.sampling import CalibrationConfig, CalibrationReport, SGLDConfig, resolve_sampler
 from bifrepro.tracking import RunTracker, start_run
-from experiments import CONF_DIR
+from experiments import CONF_DIR, output_dir
 
 __all__ = ["run", "main"]
 
@@ -111,15 +111,8 @@ def _resolve_focus(h: Hierarchy, exp: ToyHierarchyConfig) -> tuple[int, list[int
 
 
 def _output_dir(exp: ToyHierarchyConfig, results_dir: Path) -> Path:
-    """Explicit output_dir, else the Hydra job folder in a multirun, else results_dir/<name>."""
-    if exp.output_dir:
-        return Path(exp.output_dir).expanduser().resolve()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return results_dir / exp.name
+    """Explicit output_dir, else the Hydra job folder in a multirun, else under results_dir."""
+    return output_dir(exp.output_dir, results_dir, exp.name)
 
 
 def _compute(
