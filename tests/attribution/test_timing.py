@@ -24,6 +24,24 @@ def test_measure_phase_sees_time_and_a_transient_allocation() -> None:
         assert math.isnan(record.peak_cuda_mb)
 
 
+def test_memory_freed_by_an_earlier_phase_is_not_silently_reused() -> None:
+    """Heap memory freed before a phase goes back to the OS, so the phase's own need shows."""
+
+    def work(mb: int) -> float:
+        x = torch.ones(mb * 2**20 // 4)
+        return float((x * 2).sum())  # x and x * 2: 2 * mb resident at the peak
+
+    for mb in (50, 20):  # leave freed memory with the allocator
+        work(mb)
+    peaks = []
+    for mb in (5, 10, 20):
+        with measure_phase() as record:
+            work(mb)
+        peaks.append(record.peak_rss_mb)
+    # ~10, 20, 40 MB; without returning freed pages the heap's leftovers hide half of it
+    assert peaks[1] >= 17 and peaks[2] >= 32, peaks
+
+
 def test_a_phase_that_allocates_nothing_reports_little() -> None:
     with measure_phase() as record:
         sum(range(1000))
