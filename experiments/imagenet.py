@@ -78,7 +78,15 @@ from bifrepro.models.vision import (
     trained_small_cnn,
 )
 from bifrepro.plots.gallery import GalleryMethod, plot_agreement, plot_gallery
-from bifrepro.sampling import RunHealth, SGLDConfig, run_health, sample_loss_traces
+from bifrepro.sampling import (
+    RunHealth,
+    SGLDConfig,
+    bif_standard_errors,
+    draws_needed,
+    run_health,
+    sample_loss_traces,
+    topk_resolved,
+)
 from bifrepro.tracking import RunTracker, start_run
 from experiments import CONF_DIR, output_dir
 
@@ -276,6 +284,8 @@ class _MethodResult:
     seconds: float
     note: str
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Extra per-query columns of per_query.csv (e.g. how much of BIF's top-k is resolved).
+    per_query: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _load(
@@ -360,8 +370,19 @@ def _run_bif(
         f"ε={sampler.step_size:.3g}, γ={sampler.localization:g}, nβ={sampler.nbeta:g}"
     )
     metrics = {f"bif/{k}": v for k, v in health.metrics.items()}
-    log.info("BIF: %.1f s; %s", seconds, health.summary)
-    return _MethodResult(scores.cpu(), seconds, note, metrics), traces, health
+    # Monte Carlo error of the scores (batch means): is the gallery's top-k more than noise?
+    unc = bif_standard_errors(traces["query"], traces["train"], normalize=exp.normalize)
+    resolved = topk_resolved(unc, exp.gallery_k)
+    metrics["bif/score_se_median"] = float(unc.se.median())
+    metrics[f"bif/top{exp.gallery_k}_resolved_fraction"] = float(resolved.mean())
+    metrics["bif/draws_per_chain_for_se_0.01"] = float(draws_needed(unc, 0.01))
+    per_query = {f"bif_top{exp.gallery_k}_resolved": resolved.tolist()}
+    log.info(
+        "BIF: %.1f s; %s; median score s.e. %.3g, %.0f%% of the top-%d resolved",
+        seconds, health.summary, metrics["bif/score_se_median"], 100 * resolved.mean(),
+        exp.gallery_k,
+    )  # fmt: skip
+    return _MethodResult(scores.cpu(), seconds, note, metrics, per_query), traces, health
 
 
 def _run_attributor(
@@ -419,6 +440,7 @@ def _per_query_table(
         rows[f"{name}_top{gallery_k}_labels"] = [
             " ".join(str(int(pool.pool_labels[int(t)])) for t in row) for row in top
         ]
+        rows.update(r.per_query)
     return pd.DataFrame(rows)
 
 

@@ -32,6 +32,7 @@ from bifrepro.sampling.uncertainty import (
     ScoreUncertainty,
     bif_standard_errors,
     draws_needed,
+    topk_resolved,
     topk_with_uncertainty,
 )
 from bifrepro.traces import LossTraces, TraceStoreMismatchError
@@ -66,4 +67,5 @@ __all__ = [
     "bif_standard_errors",
     "draws_needed",
     "topk_with_uncertainty",
+    "topk_resolved",
 ]

@@ -29,7 +29,13 @@ import torch
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ScoreUncertainty", "bif_standard_errors", "draws_needed", "topk_with_uncertainty"]
+__all__ = [
+    "ScoreUncertainty",
+    "bif_standard_errors",
+    "draws_needed",
+    "topk_with_uncertainty",
+    "topk_resolved",
+]
 
 _METHODS = ("batch_means", "chains")
 _BLOCK_BYTES = 128 * 2**20
@@ -264,3 +270,23 @@ def topk_with_uncertainty(
     import pandas as pd
 
     return pd.DataFrame(rows)
+
+
+def topk_resolved(uncertainty: ScoreUncertainty, k: int = 10, z: float = 1.96) -> torch.Tensor:
+    """Per query, the share of its top-``k`` training items that are in the top-k for sure.
+
+    An item is in the top-k for sure when its score exceeds the ``k+1``-th ranked score by more
+    than ``z·√(se_i² + se_{k+1}²)`` (as ``in_topk_for_sure`` of :func:`topk_with_uncertainty`,
+    for every query at once): 1.0 means the top-k list is not Monte Carlo noise. ``[n_query]``.
+    """
+    scores, se = uncertainty.scores.double(), uncertainty.se.double()
+    if scores.dim() != 2:
+        raise ValueError("topk_resolved needs per-item scores [n_query, n_train]")
+    n_train = scores.shape[1]
+    if not 1 <= k < n_train:
+        raise ValueError(f"k={k} must be in [1, n_train - 1 = {n_train - 1}]")
+    values, order = torch.sort(scores, dim=1, descending=True)
+    top, nxt = values[:, :k], values[:, k : k + 1]
+    se_sorted = torch.gather(se, 1, order)
+    margin = z * torch.sqrt(se_sorted[:, :k] ** 2 + se_sorted[:, k : k + 1] ** 2)
+    return ((top - nxt) > margin).double().mean(dim=1)

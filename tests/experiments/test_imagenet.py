@@ -101,6 +101,14 @@ def test_standin_run_says_so_and_writes_everything(
     assert metrics["bif/agreement_top3"] > 0.5
     per_query = pd.read_csv(out / "per_query.csv")
     assert len(per_query) == 30 and per_query.in_gallery.sum() == 4
+    # score uncertainty: how much of each query's BIF top-k is more than Monte Carlo noise
+    k = [c for c in per_query.columns if c.startswith("bif_top") and c.endswith("_resolved")]
+    assert len(k) == 1 and per_query[k[0]].between(0, 1).all()
+    assert metrics[k[0].replace("bif_", "bif/") + "_fraction"] == pytest.approx(
+        per_query[k[0]].mean()
+    )
+    assert metrics["bif/score_se_median"] > 0 and metrics["bif/draws_per_chain_for_se_0.01"] >= 1
+    assert metrics["bif/health/step_ok"] == 1.0 and "bif/detrend/topk_overlap" in metrics
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["dataset"] == "digits" and saved["standin"] is True
     assert saved["config"]["model"]["name"] == "small_cnn"

@@ -12,6 +12,7 @@ from bifrepro.sampling.uncertainty import (
     ScoreUncertainty,
     bif_standard_errors,
     draws_needed,
+    topk_resolved,
     topk_with_uncertainty,
 )
 
@@ -118,6 +119,26 @@ def test_topk_says_which_ranks_are_resolved():
     table = topk_with_uncertainty(noisy, query=0, k=3)
     assert not table["in_topk_for_sure"].iloc[1:].any()
     assert table["lower"].iloc[0] == pytest.approx(0.9 - 1.96 * 0.3)
+
+
+def test_topk_resolved_agrees_with_the_per_query_table():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(6, 12, generator=g, dtype=torch.float64)
+    se = 0.05 * torch.rand(6, 12, generator=g, dtype=torch.float64)
+    u = ScoreUncertainty(scores, se, "correlation", "batch_means", 4, 100, 40)
+    shares = topk_resolved(u, k=3)
+    for q in range(6):
+        table = topk_with_uncertainty(u, query=q, k=3)
+        assert shares[q].item() == pytest.approx(table["in_topk_for_sure"].mean())
+    # hand-made: every one of the top-3 beats the 4th; at s.e. 0.2 (margin 1.96·0.28 = 0.55)
+    # only 0.9 - 0.1 = 0.8 does
+    scores = torch.tensor([[0.9, 0.5, 0.49, 0.1, 0.0]], dtype=torch.float64)
+    sharp = ScoreUncertainty(scores, torch.full_like(scores, 0.01), "correlation", "b", 4, 100, 40)
+    noisy = ScoreUncertainty(scores, torch.full_like(scores, 0.2), "correlation", "b", 4, 100, 40)
+    assert topk_resolved(sharp, 3).item() == 1.0
+    assert topk_resolved(noisy, 3).item() == pytest.approx(1 / 3)  # only 0.9 vs 0.1 survives
+    with pytest.raises(ValueError, match="k=5"):
+        topk_resolved(sharp, 5)
 
 
 def test_invalid_arguments_are_refused():
