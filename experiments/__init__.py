@@ -8,7 +8,13 @@ Use ``@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config"
 (tests, notebooks); a relative ``"../conf"`` only works when the module runs as ``__main__``.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: Absolute path of the repository's Hydra config folder.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -35,3 +41,18 @@ def output_dir(explicit: str | None, results_dir: Path, *parts: str) -> Path:
 
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(results_dir).joinpath(*parts)
+
+
+def resolve_device(name: str, key: str = "experiment.device") -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda[:i]"``; CUDA without a GPU is a
+    :class:`~bifrepro.config.ConfigError` naming ``key``, before any compute."""
+    import torch
+
+    from bifrepro.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name!r} is invalid: CUDA is not available")
+    return device

@@ -68,7 +68,7 @@ from bifrepro.sampling.calibration import run_cost
 from bifrepro.tracking import start_run
 from bifrepro.training import train_model
 from bifrepro.validation import bad as _bad
-from experiments import CONF_DIR, output_dir
+from experiments import CONF_DIR, output_dir, resolve_device
 
 __all__ = ["ComputeConfig", "register_compute_configs", "run", "main"]
 
@@ -411,7 +411,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             "compute: the grids need model=small_cnn and an embedded dataset (data=mnist5k)"
         )
-    device = lds_exp._device(comp.device)
+    device = resolve_device(comp.device, "compute.device")
     out_dir = _output_dir(comp, vc.experiment.name, vc.results_dir)
     lds_sampler = method_config_from_mapping(vc.methods["bif"]).sampler
     metrics: dict[str, float] = {}

@@ -88,7 +88,7 @@ from bifrepro.sampling import (
     topk_resolved,
 )
 from bifrepro.tracking import RunTracker, start_run
-from experiments import CONF_DIR, output_dir
+from experiments import CONF_DIR, output_dir, resolve_device
 
 __all__ = ["ImageNetExperimentConfig", "register_imagenet_configs", "run", "main"]
 
@@ -257,15 +257,6 @@ def _choose_path(cfg: DictConfig) -> tuple[DictConfig, bool]:
             out[key] = copy.deepcopy(standin[key])
         out.experiment.methods = list(standin.methods)
     return out, True
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"experiment.device={name!r} is invalid: CUDA is not available")
-    return device
 
 
 def _output_dir(exp: ImageNetExperimentConfig, results_dir: Path, dataset: str) -> Path:
@@ -551,7 +542,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     exp: ImageNetExperimentConfig = vc.experiment
     sampler: SGLDConfig = vc.sampler
-    device = _device(exp.device)
+    device = resolve_device(exp.device)
     dataset = vc.data.name
     out_dir = _output_dir(exp, vc.results_dir, dataset)
     cache_dir = (

@@ -99,7 +99,7 @@ from bifrepro.tracking import RunTracker, start_run
 from bifrepro.training import accuracy
 from bifrepro.validation import bad as _bad
 from bifrepro.validation import int_at_least as _int_at_least
-from experiments import CONF_DIR, in_multirun, output_dir
+from experiments import CONF_DIR, in_multirun, output_dir, resolve_device
 
 __all__ = [
     "EmbeddedImagesConfig",
@@ -392,15 +392,6 @@ def model_spec(model: Any, data: LDSData) -> ModelSpec:
     )
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"experiment.device={name!r} is invalid: CUDA is not available")
-    return device
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore."""
@@ -449,7 +440,7 @@ def prepare(
     exp: LDSConfig, data_cfg: Any, model_cfg: Any, seed: int, results_dir: Path
 ) -> LDSProblem:
     """Load the data and build the retrainer, its cache and every α's subset masks."""
-    device = _device(exp.device)
+    device = resolve_device(exp.device)
     data = load_lds_data(data_cfg)
     n = len(data.train)
     for a in exp.alphas:

@@ -59,7 +59,7 @@ from bifrepro.plots.style import health_note
 from bifrepro.plots.toy import plot_influence_curves, plot_influence_matrices, plot_mode_strengths
 from bifrepro.sampling import CalibrationConfig, CalibrationReport, SGLDConfig, resolve_sampler
 from bifrepro.tracking import RunTracker, start_run
-from experiments import CONF_DIR, output_dir
+from experiments import CONF_DIR, output_dir, resolve_device
 
 __all__ = ["run", "main"]
 
@@ -496,9 +496,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             "experiment: expected the toy_hierarchy schema (experiment=toy_hierarchy)"
         )
-    device = torch.device(exp.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"experiment.device={exp.device!r} is invalid: CUDA is not available")
+    device = resolve_device(exp.device)
     h = make_hierarchy(vc.data.depth, vc.data.branching, vc.data.item_names)
     src, targets = _resolve_focus(h, exp)
     out_dir = _output_dir(exp, vc.results_dir)
