@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ __all__ = [
     "atomic_write_csv",
     "atomic_save_figure",
     "atomic_torch_save",
+    "staged_directory",
+    "recover_staged_directory",
 ]
 
 
@@ -101,3 +104,54 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def _staging_names(final: Path) -> tuple[Path, Path]:
+    """The staging and the swapped-out folder of ``final`` (hidden siblings)."""
+    return final.with_name(f".{final.name}.staging"), final.with_name(f".{final.name}.old")
+
+
+def recover_staged_directory(final: str | os.PathLike[str]) -> None:
+    """Finish or undo a swap interrupted by a crash, so ``final`` holds exactly one result set.
+
+    If the process died between moving the old folder aside and moving the new one in, the old
+    set is put back; stale staging folders of dead writers are removed.
+    """
+    final = Path(final)
+    staging, old = _staging_names(final)
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces ``final`` as one set of files.
+
+    An experiment writes all its figures and tables into the staging folder. When the block
+    ends without an exception, sub-folders of the old ``final`` that the new set does not contain
+    (outputs of other runs, e.g. ``results/lds/calibrated``) are moved into the new set, and
+    the new set is swapped in with two renames. On an exception (a diverged sampler, Ctrl-C,
+    SIGTERM) the staging folder is removed and ``final`` is left exactly as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_staged_directory(final)
+    staging, old = _staging_names(final)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        for child in final.iterdir():
+            if child.is_dir() and not (staging / child.name).exists():
+                os.replace(child, staging / child.name)
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)

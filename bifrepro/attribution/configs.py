@@ -26,6 +26,7 @@ __all__ = [
     "GradSimConfig",
     "ExactIFConfig",
     "METHOD_CONFIGS",
+    "method_schemas",
     "register_method_configs",
     "method_config_from_mapping",
 ]
@@ -243,17 +244,22 @@ def method_config_from_mapping(mapping: Any) -> MethodConfig:
     return cls(**items)
 
 
+def method_schemas() -> list[tuple[str, str, type]]:
+    """(group, option, schema) of every method, for :func:`bifrepro.config.register_configs`."""
+    return [("method", name, _HYDRA_SCHEMAS.get(name, cls)) for name, cls in METHOD_CONFIGS.items()]
+
+
 def register_method_configs() -> None:
     """Store every method's schema in Hydra's ConfigStore as ``method/<name>_schema``.
 
-    Call once before composing (the YAML files in ``conf/method/`` list these schemas first in
-    their defaults). Idempotent.
+    Kept for callers that compose method configs alone; experiments call
+    :func:`bifrepro.config.register_configs`, which stores these with every other schema.
     """
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for name, cls in METHOD_CONFIGS.items():
-        cs.store(group="method", name=f"{name}_schema", node=_HYDRA_SCHEMAS.get(name, cls))
+    for group, name, schema in method_schemas():
+        cs.store(group=group, name=f"{name}_schema", node=schema)
 
 
 @dataclass

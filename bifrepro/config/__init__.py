@@ -15,6 +15,7 @@ Importing this module registers the schemas and the ``bifrepro.abspath`` resolve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -219,27 +220,36 @@ def abspath_from_original_cwd(path: str) -> str:
     return str((Path(base) / p).resolve())
 
 
-_REGISTERED = False
+def all_schemas() -> list[tuple[str, str, type]]:
+    """Every (group, option, schema) of the project: this module's, the methods', calibration's,
+    and the ``SCHEMAS`` table of each experiment module in this package (``bifrepro/config/*.py``).
+    """
+    import importlib
+    import pkgutil
 
-
-def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore and register the ``bifrepro.abspath`` resolver."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from hydra.core.config_store import ConfigStore
-
-    from bifrepro.attribution.configs import register_method_configs
+    from bifrepro.attribution.configs import method_schemas
     from bifrepro.sampling.calibration import CalibrationConfig
 
+    schemas: list[tuple[str, str, type]] = list(SCHEMAS)
+    schemas.append(("calibration", "default", CalibrationConfig))
+    schemas.extend(method_schemas())
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        schemas.extend(getattr(module, "SCHEMAS", ()))
+    return schemas
+
+
+@functools.cache
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore as ``<group>/<name>_schema`` (once per process)
+    and register the ``bifrepro.abspath`` resolver."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
-    for group, name, schema in SCHEMAS:
+    for group, name, schema in all_schemas():
         cs.store(group=group, name=f"{name}_schema", node=schema)
-    cs.store(group="calibration", name="default_schema", node=CalibrationConfig)
-    register_method_configs()
     if not OmegaConf.has_resolver("bifrepro.abspath"):
         OmegaConf.register_new_resolver("bifrepro.abspath", abspath_from_original_cwd)
-    _REGISTERED = True
 
 
 def _rename(message: str, schema: type, key: str) -> str:
@@ -291,5 +301,3 @@ def validate_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> V
         out[key] = obj
     return ValidatedConfig(seed=int(seed), results_dir=Path(results_dir), groups=out)
 
-
-register_configs()
