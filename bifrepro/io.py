@@ -25,6 +25,7 @@ __all__ = [
     "atomic_torch_save",
     "staged_directory",
     "recover_staged_directory",
+    "round_significant",
 ]
 
 
@@ -155,3 +156,15 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def round_significant(df: Any, digits: int = 6) -> Any:
+    """A copy of a pandas DataFrame with float columns rounded to ``digits`` significant digits
+    (small, diff-friendly CSVs; NaN and inf stay as they are)."""
+    import math
+
+    out = df.copy()
+    for col in out.columns:
+        if str(out[col].dtype).startswith("float"):
+            out[col] = [float(f"{x:.{digits}g}") if math.isfinite(x) else x for x in out[col]]
+    return out

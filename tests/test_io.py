@@ -50,3 +50,15 @@ def test_recover_puts_back_a_set_moved_aside_by_a_crash(tmp_path):
     recover_staged_directory(final)
     assert (final / "metrics.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
+
+
+def test_round_significant_rounds_floats_only():
+    import pandas as pd
+
+    from bifrepro.io import round_significant
+
+    df = pd.DataFrame({"x": [0.123456789, float("nan")], "n": [1, 2], "s": ["a", "b"]})
+    out = round_significant(df, digits=3)
+    assert out["x"].iloc[0] == 0.123 and pd.isna(out["x"].iloc[1])
+    assert out["n"].tolist() == [1, 2] and out["s"].tolist() == ["a", "b"]
+    assert df["x"].iloc[0] == 0.123456789  # the input is not modified
