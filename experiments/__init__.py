@@ -10,11 +10,13 @@ Use ``@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+    from omegaconf import DictConfig
 
 #: Absolute path of the repository's Hydra config folder.
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -56,3 +58,21 @@ def resolve_device(name: str, key: str = "experiment.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}={name!r} is invalid: CUDA is not available")
     return device
+
+
+def run_or_exit(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
+    """Call an experiment's ``run(cfg)`` from its ``@hydra.main``.
+
+    A :class:`~bifrepro.config.ConfigError` (a bad key, value or path, found before any compute)
+    prints one line naming the key, the value and what is allowed, and exits with status 2,
+    instead of a long traceback. Every other error propagates unchanged.
+    """
+    import sys
+
+    from bifrepro.config import ConfigError
+
+    try:
+        return run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
