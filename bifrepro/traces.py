@@ -6,11 +6,19 @@ a ``manifest.json`` that records the settings and how many draws each chain has 
 interrupted run resumes where it stopped::
 
     out_dir/
-      manifest.json           settings fingerprint, shapes, completed draws per chain, status
+      manifest.json           identity, shapes, completed draws per chain, status
       traces/<name>.npy       [C, D, n(, T)] recorded losses of observable <name>
       traces/init_<name>.npy  [n(, T)] losses at w* (also a fingerprint of the data)
       diagnostics/{sgld_loss,distance}.npy   [C, D]
       chains/chain<c>.pt      sampler state of chain c every `checkpoint_every` draws
+
+The store's identity covers everything that changes the recorded numbers: the SGLD settings
+(speed-only fields excluded), the model's weights and buffers, the SGLD training data, the loss
+functions and every observable's data (:mod:`bifrepro.fingerprint` says how each is hashed);
+reopening a store with any of them different raises :class:`TraceStoreMismatchError` naming what
+differs, also when the store is complete. A damaged store (unreadable manifest or arrays, a
+"complete" status with draws missing, NaN or Inf among the recorded losses) raises
+:class:`TraceStoreError` naming the folder and the file; it never returns wrong numbers.
 """
 
 from __future__ import annotations
@@ -24,16 +32,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from bifrepro.sampling.config import SGLDConfig
-from bifrepro.sampling.diagnostics import ChainDiagnostics
+from bifrepro.chain_diagnostics import ChainDiagnostics
+from bifrepro.fingerprint import describe_difference
+from bifrepro.sgld_config import SGLDConfig
 
-__all__ = ["LossTraces", "TraceStore", "TraceStoreMismatchError"]
+__all__ = ["LossTraces", "TraceStore", "TraceStoreError", "TraceStoreMismatchError"]
 
-FORMAT_VERSION = 1
+#: Version 2 added the identity (data, weights, loss functions) and ``num_params``.
+FORMAT_VERSION = 2
+#: Versions :meth:`LossTraces.load` can read (a store is resumed only at FORMAT_VERSION).
+READABLE_VERSIONS = (1, 2)
+_MANIFEST_KEYS = ("format_version", "config", "observables", "completed", "status")
+_CHECK_BYTES = 64 * 2**20
 
 
-class TraceStoreMismatchError(ValueError):
-    """An ``out_dir`` holds traces of a different configuration, model or data."""
+class TraceStoreError(RuntimeError):
+    """A trace store cannot be used: damaged, incomplete, or holding other traces."""
+
+
+class TraceStoreMismatchError(TraceStoreError, ValueError):
+    """An ``out_dir`` holds traces of a different configuration, model, loss function or data."""
 
 
 class LossTraces(Mapping[str, torch.Tensor]):
@@ -41,6 +59,8 @@ class LossTraces(Mapping[str, torch.Tensor]):
 
     ``traces[name]`` is ``[num_chains, num_draws, n_items]`` (per token: ``[..., n_items, T]``).
     For on-disk traces the tensors are copy-on-write views of the memory-mapped files.
+    ``num_params`` is the number of sampled parameters (those with ``requires_grad``), which the
+    health rules need; None when unknown (traces stored before it was recorded).
     """
 
     def __init__(
@@ -50,12 +70,14 @@ class LossTraces(Mapping[str, torch.Tensor]):
         config: SGLDConfig,
         init_losses: dict[str, torch.Tensor],
         out_dir: Path | None = None,
+        num_params: int | None = None,
     ) -> None:
         self._data = data
         self.diagnostics = diagnostics
         self.config = config
         self.init_losses = init_losses
         self.out_dir = out_dir
+        self.num_params = num_params
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
@@ -84,26 +106,22 @@ class LossTraces(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike[str]) -> LossTraces:
-        """Open the complete traces of a finished run in ``out_dir``."""
+        """Open the complete traces of a finished run in ``out_dir``.
+
+        Raises:
+            FileNotFoundError: no ``manifest.json`` in ``out_dir``.
+            TraceStoreError: the run is not complete, or the store is damaged.
+        """
         store = TraceStore(Path(out_dir))
         manifest = store.read_manifest()
         if manifest is None:
             raise FileNotFoundError(f"no traces in {out_dir} (manifest.json missing)")
         if manifest["status"] != "complete":
-            raise RuntimeError(
+            raise TraceStoreError(
                 f"traces in {out_dir} are not complete (status {manifest['status']!r}, "
                 f"completed draws per chain {manifest['completed']}); re-run the same call to resume"
             )
         return store.to_traces(manifest)
-
-
-def _fingerprint_model(params: list[torch.Tensor]) -> list[list[float]]:
-    """Cheap model fingerprint: (numel, sum, sum of squares) of every sampled parameter."""
-    out = []
-    for p in params:
-        d = p.detach().double()
-        out.append([float(p.numel()), float(d.sum()), float((d * d).sum())])
-    return out
 
 
 class TraceStore:
@@ -113,12 +131,24 @@ class TraceStore:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
 
+    def _damaged(self, path: Path, why: object) -> TraceStoreError:
+        return TraceStoreError(
+            f"trace store {self.root}: {path.relative_to(self.root)} is damaged ({why}); "
+            "delete the folder (or use another out_dir) to sample again"
+        )
+
     # -- manifest --------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, None if there is none; :class:`TraceStoreError` if it is unreadable."""
         if not self.manifest_path.exists():
             return None
-        with open(self.manifest_path) as fh:
-            return json.load(fh)
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self._damaged(self.manifest_path, f"not valid JSON: {err}") from None
+        if not isinstance(manifest, dict) or any(k not in manifest for k in _MANIFEST_KEYS):
+            raise self._damaged(self.manifest_path, f"a manifest needs keys {_MANIFEST_KEYS}")
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the manifest atomically (a crash leaves the old or the new one)."""
@@ -132,14 +162,18 @@ class TraceStore:
         self,
         config: SGLDConfig,
         init_rows: dict[str, torch.Tensor],
-        params: list[torch.Tensor],
+        identity: dict[str, Any],
+        num_params: int | None = None,
     ) -> dict[str, Any]:
-        """Create the store, or check an existing one matches and return its manifest."""
+        """Create the store, or check an existing one matches and return its manifest.
+
+        ``identity`` is a JSON-able description of everything besides ``config`` that the
+        traces depend on (weights, data, loss functions; see :mod:`bifrepro.fingerprint`).
+        """
         shapes = {k: list(v.shape) for k, v in init_rows.items()}
-        model_fp = _fingerprint_model(params)
         existing = self.read_manifest()
         if existing is not None:
-            self._check_match(existing, config, shapes, model_fp, init_rows)
+            self._check_match(existing, config, shapes, identity, init_rows)
             return existing
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "traces").mkdir(exist_ok=True)
@@ -162,8 +196,9 @@ class TraceStore:
             "format_version": FORMAT_VERSION,
             "config": config.to_dict(),
             "fingerprint": config.fingerprint(),
+            "identity": identity,
+            "num_params": num_params,
             "observables": shapes,
-            "model_fingerprint": model_fp,
             "completed": [0] * c,
             "status": "running",
             "error": None,
@@ -176,13 +211,17 @@ class TraceStore:
         manifest: dict[str, Any],
         config: SGLDConfig,
         shapes: dict[str, list[int]],
-        model_fp: list[list[float]],
+        identity: dict[str, Any],
         init_rows: dict[str, torch.Tensor],
     ) -> None:
         where = f"out_dir {self.root}"
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise TraceStoreMismatchError(f"{where} was written by another trace format version")
-        if manifest["fingerprint"] != config.fingerprint():
+            raise TraceStoreMismatchError(
+                f"{where} was written by trace format version {manifest.get('format_version')} "
+                f"(this is {FORMAT_VERSION}, which records more of what the traces depend on); "
+                "use another out_dir or delete this one"
+            )
+        if manifest.get("fingerprint") != config.fingerprint():
             old = manifest["config"]
             diff = {
                 k: (old.get(k), v)
@@ -197,22 +236,50 @@ class TraceStore:
             raise TraceStoreMismatchError(
                 f"{where} holds observables {manifest['observables']}, requested {shapes}"
             )
-        if not np.allclose(np.array(manifest["model_fingerprint"]), np.array(model_fp), rtol=1e-6):
-            raise TraceStoreMismatchError(f"{where} was sampled around different model weights")
+        stored = manifest.get("identity") or {}
+        differs = describe_difference(stored, identity)
+        if differs:
+            raise TraceStoreMismatchError(
+                f"{where} holds traces of {_explain(differs)} (differing: {', '.join(differs)}); "
+                "use another out_dir or delete this one"
+            )
         for name, row in init_rows.items():
-            stored = np.load(self.root / "traces" / f"init_{name}.npy")
-            if not np.allclose(stored, row.numpy(), rtol=1e-4, atol=1e-6):
+            old_row = self._load_npy(self.root / "traces" / f"init_{name}.npy")
+            if old_row.shape != tuple(row.shape) or not np.allclose(
+                old_row, row.numpy(), rtol=1e-4, atol=1e-6
+            ):
                 raise TraceStoreMismatchError(
                     f"{where}: losses at w* of observable {name!r} differ from the stored ones "
                     "(different data or loss function)"
                 )
 
     # -- arrays -----------------------------------------------------------------------------
+    def _load_npy(self, path: Path, mmap_mode: str | None = None) -> np.ndarray:
+        """``np.load`` whose failures (missing, truncated, garbage) name the store and the file."""
+        try:
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise self._damaged(path, f"{type(err).__name__}: {err}") from None
+
+    def _array(self, path: Path, mode: str, shape: tuple[int, ...]) -> np.memmap:
+        arr = self._load_npy(path, mode)
+        if arr.shape != shape:
+            raise self._damaged(path, f"shape {arr.shape}, expected {shape}")
+        return arr
+
+    def _shapes(self) -> tuple[dict[str, Any], int, int]:
+        manifest = self.read_manifest() or {}
+        cfg = manifest.get("config", {})
+        return manifest.get("observables", {}), cfg.get("num_chains", 0), cfg.get("num_draws", 0)
+
     def trace_array(self, name: str, mode: str = "r+") -> np.memmap:
-        return np.load(self.root / "traces" / f"{name}.npy", mmap_mode=mode)
+        observables, c, d = self._shapes()
+        shape = (c, d, *observables.get(name, []))
+        return self._array(self.root / "traces" / f"{name}.npy", mode, shape)
 
     def diag_array(self, name: str, mode: str = "r+") -> np.memmap:
-        return np.load(self.root / "diagnostics" / f"{name}.npy", mmap_mode=mode)
+        _, c, d = self._shapes()
+        return self._array(self.root / "diagnostics" / f"{name}.npy", mode, (c, d))
 
     def checkpoint_path(self, chain: int) -> Path:
         return self.root / "chains" / f"chain{chain}.pt"
@@ -227,16 +294,65 @@ class TraceStore:
         path = self.checkpoint_path(chain)
         if not path.exists():
             return None
-        return torch.load(path, weights_only=False)
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception as err:  # torch.load raises many types on a damaged file
+            raise self._damaged(path, f"{type(err).__name__}: {err}") from None
 
-    def to_traces(self, manifest: dict[str, Any]) -> LossTraces:
-        """Wrap the finished arrays as :class:`LossTraces` (copy-on-write memory maps)."""
-        config = SGLDConfig(**manifest["config"])
+    # -- finished traces ----------------------------------------------------------------------
+    def check_complete(self, manifest: dict[str, Any]) -> None:
+        """Every chain has all its draws and every recorded number is finite, or raise."""
+        c, d = manifest["config"]["num_chains"], manifest["config"]["num_draws"]
+        completed = manifest["completed"]
+        if len(completed) != c or any(done != d for done in completed):
+            raise self._damaged(
+                self.manifest_path,
+                f"status {manifest['status']!r} but completed draws per chain are {completed}, "
+                f"expected {d} for each of {c} chains",
+            )
+        for name in manifest["observables"]:
+            self._check_finite(self.trace_array(name, "r"), f"observable {name!r}")
+        for name in ("sgld_loss", "distance"):
+            self._check_finite(self.diag_array(name, "r"), f"diagnostic {name!r}")
+
+    def _check_finite(self, arr: np.ndarray, what: str) -> None:
+        """Raise naming the first chain and draw of ``arr`` (``[C, D, ...]``) holding NaN/Inf."""
+        per_draw = max(1, int(np.prod(arr.shape[2:], dtype=np.int64)) * arr.itemsize)
+        step = max(1, _CHECK_BYTES // per_draw)
+        for chain in range(arr.shape[0]):
+            for start in range(0, arr.shape[1], step):
+                block = np.asarray(arr[chain, start : start + step]).reshape(
+                    min(step, arr.shape[1] - start), -1
+                )
+                ok = np.isfinite(block).all(axis=1)
+                if not ok.all():
+                    draw = start + int(np.argmin(ok))
+                    raise TraceStoreError(
+                        f"trace store {self.root}: {what} holds NaN or Inf at chain {chain}, "
+                        f"draw {draw} (the files are damaged); delete the folder to sample again"
+                    )
+
+    def to_traces(self, manifest: dict[str, Any], verify: bool = True) -> LossTraces:
+        """Wrap the finished arrays as :class:`LossTraces` (copy-on-write memory maps).
+
+        With ``verify`` (default) :meth:`check_complete` runs first; pass False only right after
+        it has run on the same files.
+        """
+        if manifest.get("format_version") not in READABLE_VERSIONS:
+            raise self._damaged(
+                self.manifest_path, f"unknown format version {manifest.get('format_version')}"
+            )
+        try:
+            config = SGLDConfig(**manifest["config"])
+        except (TypeError, ValueError) as err:
+            raise self._damaged(self.manifest_path, f"invalid config: {err}") from None
+        if verify:
+            self.check_complete(manifest)
         data = {
             name: torch.from_numpy(self.trace_array(name, "c")) for name in manifest["observables"]
         }
         init = {
-            name: torch.from_numpy(np.load(self.root / "traces" / f"init_{name}.npy"))
+            name: torch.from_numpy(self._load_npy(self.root / "traces" / f"init_{name}.npy"))
             for name in manifest["observables"]
         }
         diagnostics = ChainDiagnostics(
@@ -245,7 +361,34 @@ class TraceStore:
             observed_loss={n: _mean_over_items(t) for n, t in data.items()},
             init_loss={n: float(v.double().mean()) for n, v in init.items()},
         )
-        return LossTraces(data, diagnostics, config, init, out_dir=self.root)
+        return LossTraces(
+            data,
+            diagnostics,
+            config,
+            init,
+            out_dir=self.root,
+            num_params=manifest.get("num_params"),
+        )
+
+
+def _explain(differs: list[str]) -> str:
+    """What differing identity keys (dotted paths) mean, in words."""
+    what = []
+    for key in differs:
+        parts = key.split(".")
+        if parts[0] == "model":
+            what.append("different model weights (sampled around different w*)")
+        elif parts[0] == "train_data":
+            what.append("different SGLD training data (train_data)")
+        elif parts[0] == "loss_fn":
+            what.append("a different loss function")
+        elif parts[0] == "observables" and len(parts) > 2 and parts[2] == "data":
+            what.append(f"different data of observable {parts[1]!r}")
+        elif parts[0] == "observables" and len(parts) > 2 and parts[2] == "loss_fn":
+            what.append(f"a different loss function of observable {parts[1]!r}")
+        else:
+            what.append(f"a different {key}")
+    return "; ".join(dict.fromkeys(what))
 
 
 def _mean_over_items(trace: torch.Tensor) -> torch.Tensor:

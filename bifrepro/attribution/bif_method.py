@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import Dataset
 
 from bifrepro.attribution.base import PER_TOKEN_MODES, Attributor
-from bifrepro.attribution.bif import bif_scores
+from bifrepro.attribution.bif_pipeline import run_bif
 from bifrepro.attribution.configs import BIFMethodConfig
-from bifrepro.sampling import HealthReport, LossTraces, RunHealth, run_health, sample_loss_traces
+from bifrepro.sampling import HealthReport, LossTraces, RunHealth
 
 __all__ = ["BIFAttributor", "UnhealthyChainsError"]
 
@@ -71,30 +71,25 @@ class BIFAttributor(Attributor):
             # One sub-folder per score() call: rerunning the same calls resumes each of them.
             out_dir = Path(cfg.out_dir).expanduser().resolve() / f"query{self._calls}"
         self._calls += 1
-        traces = sample_loss_traces(
+        run = run_bif(
             self.model,
             task.train_loss,
             self.train_data,
-            observables={"train": (self.train_data, train_fn), "query": (query_data, query_fn)},
+            train=(self.train_data, train_fn),
+            query=(query_data, query_fn),
             config=cfg.sampler,
             out_dir=out_dir,
             progress=cfg.progress,
+            normalize=cfg.normalize,
         )
-        self.traces = traces
-        # Every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
-        # and what detrending would change.
-        num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.run_health = run_health(traces, num_params, normalize=cfg.normalize)
-        self.health = self.run_health.report
-        log.info("bif: %s | %s", traces.diagnostics.summary(), self.health.summary())
+        self.traces, self.run_health, self.health = run.traces, run.health, run.health.report
+        log.info("bif: %s | %s", run.traces.diagnostics.summary(), self.health.summary())
         if not self.health.is_healthy:
             msg = f"bif: {self.health.summary()}; scores from unhealthy chains are unreliable"
             if cfg.on_unhealthy == "raise":
                 raise UnhealthyChainsError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return bif_scores(
-            traces["query"], traces["train"], normalize=cfg.normalize, detrend=cfg.detrend
-        )
+        return run.scores(cfg.normalize, detrend=cfg.detrend)
 
     def diagnostics_metrics(self, prefix: str = "chain/") -> dict[str, float]:
         """Chain-health metrics of the last :meth:`score` call (empty before it): the core

@@ -35,7 +35,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["PhaseTiming", "AttributionTimings", "measure_phase", "current_rss_bytes"]
+__all__ = [
+    "PhaseTiming",
+    "AttributionTimings",
+    "measure_phase",
+    "current_rss_bytes",
+    "torch_threads",
+]
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MB = 1024.0**2
@@ -178,3 +184,19 @@ def measure_phase(interval_s: float = 0.005) -> Iterator[PhaseTiming]:
         peak = sampler.stop()
         record.peak_rss_mb = max(0.0, (peak - rss_start) / _MB)
         record.peak_rss_total_mb = _maxrss_bytes() / _MB
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None``: unchanged), then restore.
+
+    Timings depend on the thread count (and say so: ``cpu (1 thread)``); 1 is the safe choice on
+    a shared machine, where small ops with 2+ OpenMP threads slow down ~20x under contention.
+    """
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -11,13 +11,18 @@ big to hold. Here it never exists:
 
 1. :func:`sample_token_traces` runs SGLD on the mean sequence loss and records per-token losses
    ``[C, D, n, T]`` of the training and query sequences, on disk (``out_dir``; memory-mapped,
-   resumable) or in memory.
+   resumable) or in memory: the sampling step of the one BIF pipeline
+   (:mod:`bifrepro.attribution.bif_pipeline`), with raw token NLLs recorded.
 2. :class:`TokenBIF` computes only what is asked: the scores of chosen query tokens against
    chosen training sequences (:meth:`TokenBIF.scores`), a stream of blocks of training sequences
    (:meth:`TokenBIF.iter_blocks`), the top-k training tokens per query token
    (:meth:`TokenBIF.topk`, merged block by block), or per-sequence scores
    (:meth:`TokenBIF.sequence_scores`). One block of centred training traces
    (``C·D × block·T`` floats) and the ``q × block·T`` scores are the only large arrays.
+
+For dense per-token scores of a few sequences, ``BIFAttributor`` with ``per_token`` set runs the
+same pipeline on a :class:`CausalLMTask` (its per-token losses are the token's share of the
+sequence loss); its ``"both"`` traces also feed :meth:`TokenBIF.from_traces`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from torch.utils.data import Dataset
 
 from bifrepro.attribution.base import CausalLMTask
 from bifrepro.attribution.bif import bif_scores
-from bifrepro.sampling import LossTraces, SGLDConfig, sample_loss_traces
+from bifrepro.attribution.bif_pipeline import sample_bif_traces
+from bifrepro.sampling import LossTraces, SGLDConfig
 
 __all__ = [
     "TokenTopK",
@@ -86,11 +92,12 @@ def sample_token_traces(
         :class:`~bifrepro.sampling.LossTraces` with ``"train"`` ``[C, D, n_train, T]`` and
         ``"query"`` ``[C, D, n_query, T]``.
     """
-    return sample_loss_traces(
+    return sample_bif_traces(
         model,
         sequence_loss,
         sgld_data if sgld_data is not None else train,
-        observables={"train": (train, token_losses), "query": (query, token_losses)},
+        train=(train, token_losses),
+        query=(query, token_losses),
         config=config,
         out_dir=out_dir,
         progress=progress,
@@ -208,7 +215,7 @@ class TokenBIF:
     def iter_blocks(
         self, query_tokens: Sequence[tuple[int, int]]
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield ``(start, stop, scores [q, stop - start, T])`` over blocks of training sequences."""
+        """Yield ``(start, stop, scores [q, stop - start, T])`` per block of training sequences."""
         q_cols = query_token_columns(self.query_traces, query_tokens)
         for start in range(0, self.n_train, self.block_size):
             stop = min(start + self.block_size, self.n_train)

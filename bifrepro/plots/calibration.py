@@ -1,8 +1,11 @@
 """Figures of SGLD calibration, chain health and score uncertainty (one function per figure).
 
-Every function returns a matplotlib ``Figure`` in the house style (:mod:`bifrepro.plots.style`,
-no pyplot state) and never saves it: callers save with :func:`bifrepro.io.atomic_save_figure` or
-log with ``mlflow.log_figure``.
+Every ``plot_*`` function returns a matplotlib ``Figure`` in the house style
+(:mod:`bifrepro.plots.style`, no pyplot state) and never saves it: callers save with
+:func:`bifrepro.io.atomic_save_figure` or log with ``mlflow.log_figure``.
+:func:`save_calibration` and :func:`record_calibration` write a
+:class:`~bifrepro.sampling.calibration.CalibrationReport` with its figures (the report itself only
+writes tables).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
     from bifrepro.sampling.uncertainty import ScoreUncertainty
 
 __all__ = [
+    "calibration_figures",
+    "save_calibration",
+    "record_calibration",
     "plot_calibration_summary",
     "plot_calibration_traces",
     "plot_sampler_sweep",
@@ -41,6 +47,28 @@ _PANELS = (
     ("distance_ratio", "E|w-w*|² / (d/(γ(1-εγ/4)))", "distance_slack", "max"),
     ("llc_ratio", "λ̂ / (d/2)", "loss_slack", "max"),
 )
+
+
+def calibration_figures(report: CalibrationReport) -> dict[str, Figure]:
+    """``{"calibration_summary": fig, "calibration_traces": fig}`` of one calibration."""
+    return {
+        "calibration_summary": plot_calibration_summary(report),
+        "calibration_traces": plot_calibration_traces(report),
+    }
+
+
+def save_calibration(report: CalibrationReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write the report's table, JSON and figures (PNG) to ``out_dir``; returns the paths."""
+    return report.save(out_dir, calibration_figures(report))
+
+
+def record_calibration(
+    report: CalibrationReport, tracker: Any, out_dir: str | Path, prefix: str = "calibration/"
+) -> dict[str, float]:
+    """What every experiment does with a report of ``sampler=auto``: save table, JSON and figures
+    under ``out_dir``, log them as ``calibration/`` artifacts of ``tracker`` (a
+    :class:`bifrepro.tracking.RunTracker`) and return the metrics to log."""
+    return report.record(tracker, out_dir, prefix, calibration_figures(report))
 
 
 def plot_calibration_summary(report: CalibrationReport) -> Figure:
@@ -204,7 +232,7 @@ def plot_sampler_sweep(
     that are present, against ``x``.
 
     Args:
-        runs: child runs of a sweep (:func:`bifrepro.sampling.calibration.load_sweep_runs` or
+        runs: child runs of a sweep (:func:`bifrepro.sampling.sweep_runs.load_sweep_runs` or
             ``mlflow.search_runs``).
         metric: quality column, e.g. ``"metrics.spearman_bif_loo_mean"``.
         x, hue, style: parameter columns (strings in MLflow; converted to numbers).
@@ -296,7 +324,7 @@ def summarize_sampler_sweep(
     import json
 
     from bifrepro.io import atomic_save_figure, atomic_write_csv
-    from bifrepro.sampling.calibration import load_sweep_runs
+    from bifrepro.sampling.sweep_runs import load_sweep_runs
     from bifrepro.tracking import PARENT_RUN_FILE
 
     sweep = Path(sweep_dir)

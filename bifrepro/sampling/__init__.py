@@ -27,6 +27,7 @@ from bifrepro.sampling.health import (
     effective_sample_size,
     run_health,
 )
+from bifrepro.sampling.parameters import count_sampled_parameters, sampled_parameters
 from bifrepro.sampling.sampler import LossFn, sample_loss_traces
 from bifrepro.sampling.uncertainty import (
     ScoreUncertainty,
@@ -35,7 +36,7 @@ from bifrepro.sampling.uncertainty import (
     topk_resolved,
     topk_with_uncertainty,
 )
-from bifrepro.traces import LossTraces, TraceStoreMismatchError
+from bifrepro.traces import LossTraces, TraceStoreError, TraceStoreMismatchError
 
 __all__ = [
     "SGLDConfig",
@@ -45,7 +46,10 @@ __all__ = [
     "ChainDiagnostics",
     "ChainDriftWarning",
     "SamplerDivergedError",
+    "TraceStoreError",
     "TraceStoreMismatchError",
+    "count_sampled_parameters",
+    "sampled_parameters",
     "split_rhat",
     "trend_tstat",
     "CalibrationConfig",

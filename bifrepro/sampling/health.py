@@ -41,7 +41,8 @@ The rules (defaults in :class:`HealthThresholds`)
     ``||C - C_detrended||_F / ||C||_F <= 0.5`` — directly the damage a drift would do to BIF
     (reported Pythia-70m runs: 88–99%).
 
-All rules must pass for a run to be healthy. Thresholds are fields of :class:`HealthThresholds`
+All rules must pass for a run to be healthy, and NaN never passes: a rule whose statistic is NaN
+(non-finite losses or distances, too few draws for R-hat) fails with the reason. Thresholds are fields of :class:`HealthThresholds`
 (OmegaConf-compatible, so they sit in Hydra configs). :func:`assess_traces` judges a finished run;
 :func:`detrend_traces` / :func:`detrend_effect` remove per-chain linear trends and report what
 that changes in the scores.
@@ -56,14 +57,15 @@ from typing import Any
 
 import torch
 
-from bifrepro.sampling.diagnostics import (
+from bifrepro.chain_diagnostics import (
     RHAT_THRESHOLD,
     TREND_EFFECT_THRESHOLD,
     TREND_T_THRESHOLD,
     ChainDiagnostics,
-    split_rhat,
-    trend_tstat,
 )
+from bifrepro.stats import detrend_chains, split_rhat, trace_association, trend_tstat
+from bifrepro.traces import LossTraces
+from bifrepro.validation import finite_numbers
 
 __all__ = [
     "HealthThresholds",
@@ -116,6 +118,7 @@ class HealthThresholds:
     max_step_curvature: float = 1.0
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         for name, value in asdict(self).items():
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"HealthThresholds.{name}={value!r} is invalid: must be > 0")
@@ -262,22 +265,18 @@ def detrend_traces(traces: Any) -> Any:
         The same kind of object with ``x - slope·(t - t̄)`` per chain and item: each chain's mean
         is kept (differences between chains stay visible), only its linear drift is removed.
     """
-    from bifrepro.traces import LossTraces
-
     if isinstance(traces, LossTraces):
-        data = {name: detrend_traces(traces[name]) for name in traces.names}
-        return LossTraces(data, traces.diagnostics, traces.config, traces.init_losses)
+        data = {name: detrend_chains(traces[name]) for name in traces.names}
+        return LossTraces(
+            data,
+            traces.diagnostics,
+            traces.config,
+            traces.init_losses,
+            num_params=traces.num_params,
+        )
     if not isinstance(traces, torch.Tensor) or traces.dim() < 2:
         raise ValueError("detrend_traces needs a [chains, draws, ...] tensor or LossTraces")
-    n = traces.shape[1]
-    if n < 2:
-        return traces.clone()
-    x = traces.double()
-    t = torch.arange(n, dtype=torch.float64)
-    tc = (t - t.mean()).reshape(1, n, *([1] * (x.dim() - 2)))
-    slope = (x * tc).sum(1, keepdim=True) / (tc * tc).sum()
-    out = x - slope * tc
-    return out.to(traces.dtype) if traces.dtype.is_floating_point else out
+    return detrend_chains(traces)
 
 
 def trend_share(traces: torch.Tensor, other: torch.Tensor | None = None) -> float:
@@ -342,6 +341,15 @@ def check_trend(
     th = thresholds or HealthThresholds()
     n = pooled_loss.shape[1]
     slope, tstat, effect = trend_tstat(pooled_loss)
+    if torch.isnan(tstat).any() or torch.isnan(effect).any():
+        bad = [int(i) for i in torch.nonzero(torch.isnan(tstat) | torch.isnan(effect)).flatten()]
+        stats = {
+            "trend_max_abs_t": math.nan,
+            "trend_max_effect": math.nan,
+            "num_drifting": math.nan,
+        }
+        detail = f"trend of chains {bad} is NaN (non-finite losses)"
+        return HealthCheck("trend", math.nan, th.max_trend_t, False, detail), stats
     scale = 1.0 if target_draws is None or n < 2 else (target_draws - 1) / (n - 1)
     projected = effect * scale
     drifting = (tstat.abs() > th.max_trend_t) & (projected > th.max_trend_effect)
@@ -369,7 +377,7 @@ def check_rhat(
     thresholds: HealthThresholds | None = None,
     target_draws: int | None = None,
 ) -> HealthCheck:
-    """Split R-hat of the pooled loss; NaN (too few draws) passes with a note.
+    """Split R-hat of the pooled loss; NaN (too few draws, non-finite losses) fails with the reason.
 
     With ``target_draws`` larger than the chains' length (a pilot vouching for a longer run),
     the excess is projected to that length: for stationary chains that agree in distribution,
@@ -380,9 +388,14 @@ def check_rhat(
     """
     th = thresholds or HealthThresholds()
     rhat = split_rhat(pooled_loss)
-    if math.isnan(rhat):
-        return HealthCheck("rhat", rhat, th.max_rhat, True, "n/a (too few draws)")
     n = pooled_loss.shape[1]
+    if math.isnan(rhat):
+        why = (
+            f"n/a: R-hat needs >= 4 draws per chain, got {n}: the chains cannot be compared"
+            if n < 4
+            else "R-hat is NaN (non-finite losses)"
+        )
+        return HealthCheck("rhat", rhat, th.max_rhat, False, why)
     if target_draws is not None and target_draws > n:
         projected = math.sqrt(1.0 + max(rhat**2 - 1.0, 0.0) * n / target_draws)
         ok = projected <= th.max_rhat
@@ -403,7 +416,13 @@ def check_ess(
     """ESS rule on ``[C, D, m]`` item traces, projected to ``target_samples`` = chains × draws."""
     th = thresholds or HealthThresholds()
     c, n = items.shape[0], items.shape[1]
-    tau = integrated_autocorrelation_time(item_traces(items))
+    items = item_traces(items)
+    nonfinite = ~torch.isfinite(items.reshape(c * n, -1)).all(0)
+    if bool(nonfinite.any()):
+        detail = f"{int(nonfinite.sum())} item trace(s) hold NaN or Inf losses"
+        check = HealthCheck("ess", math.nan, th.min_ess, False, detail)
+        return check, {"tau_median": math.nan, "ess_median": math.nan, "ess_projected": math.nan}
+    tau = integrated_autocorrelation_time(items)
     tau = tau[torch.isfinite(tau)]
     if tau.numel() == 0:
         check = HealthCheck("ess", math.nan, th.min_ess, False, "every item trace is constant")
@@ -444,7 +463,7 @@ def check_step(
     curvature = localization + (nbeta * lam if math.isfinite(lam) else 0.0)
     value = step_size * curvature
     what = "ε_eff·λ_max(nβH + γI)" if math.isfinite(lam) else "ε_eff·γ"
-    ok = value <= th.max_step_curvature * (1 + 1e-6)
+    ok = value <= th.max_step_curvature * (1 + 1e-6)  # False for NaN
     detail = f"{what} = {value:.3g} vs <= {th.max_step_curvature:g}"
     return HealthCheck("step", value, th.max_step_curvature, ok, detail)
 
@@ -460,6 +479,10 @@ def check_distance(
     th = thresholds or HealthThresholds()
     msd = float((distance.double() ** 2).mean())
     stats = {"mean_sq_distance": msd, "rms_distance": math.sqrt(msd)}
+    if not math.isfinite(msd):
+        stats["distance_ratio"] = math.nan
+        detail = "distances |w-w*| hold NaN or Inf"
+        return HealthCheck("distance", math.nan, th.distance_slack, False, detail), stats
     if localization <= 0:
         stats["distance_ratio"] = math.nan
         return HealthCheck("distance", math.nan, math.nan, True, "n/a (γ = 0)"), stats
@@ -489,6 +512,8 @@ def check_loss(
     finite = math.isfinite(llc)
     ok = finite and ratio <= th.loss_slack
     detail = f"λ̂ = nβ·ΔL = {llc:.3g} = {ratio:.3g}·d/2 vs <= {th.loss_slack:g}·d/2"
+    if not finite:
+        detail += " (non-finite losses)"
     return HealthCheck("loss", ratio, th.loss_slack, ok, detail), stats
 
 
@@ -500,6 +525,8 @@ def check_trend_share(
     share = trend_share(item_traces(items))
     ok = share <= th.max_trend_share
     detail = f"{share:.0%} of the item covariance is per-chain trend vs <= {th.max_trend_share:.0%}"
+    if math.isnan(share):
+        detail = "trend share is NaN (non-finite losses)"
     return HealthCheck("trend_share", share, th.max_trend_share, ok, detail), {"trend_share": share}
 
 
@@ -575,9 +602,23 @@ def assess_chains(
     return HealthReport(checks, stats)
 
 
+def _num_params(traces: Any, num_params: int | None) -> int:
+    """``num_params`` if given, else the one the traces recorded; a clear error if neither."""
+    if num_params is not None:
+        return int(num_params)
+    recorded = getattr(traces, "num_params", None)
+    if recorded is None:
+        raise ValueError(
+            "the number of sampled parameters is unknown: these traces do not record num_params "
+            "(sampled before it was stored); pass num_params="
+            "bifrepro.sampling.count_sampled_parameters(model)"
+        )
+    return int(recorded)
+
+
 def assess_traces(
     traces: Any,
-    num_params: int,
+    num_params: int | None = None,
     thresholds: HealthThresholds | None = None,
     observables: list[str] | None = None,
     max_items: int | None = 256,
@@ -585,11 +626,13 @@ def assess_traces(
     """Health verdict of a finished BIF run (:class:`~bifrepro.traces.LossTraces`).
 
     The sampler settings come from ``traces.config``; ``num_params`` is the number of sampled
-    parameters (``sum(p.numel() for p in model.parameters() if p.requires_grad)``). The ESS and
+    parameters (default: ``traces.num_params``, recorded by the sampler; see
+    :func:`~bifrepro.sampling.count_sampled_parameters`). The ESS and
     trend-share rules use the first ``max_items`` items of each observable in ``observables``
     (default: all), which keeps the check cheap for large runs. Log ``report.to_metrics()`` and
     ``report.summary()`` next to the scores, and flag the results when ``not report.is_healthy``.
     """
+    num_params = _num_params(traces, num_params)
     cfg = traces.config
     names = observables if observables is not None else traces.names
     items = {n: traces[n][:, :, :max_items] if max_items else traces[n] for n in names}
@@ -616,16 +659,20 @@ def detrend_effect(
     Returns ``trend_share`` (``||C - C_detrended||_F/||C||_F`` of the query × train
     cross-covariance), ``mean_abs_change`` (mean |score change|), ``topk_overlap`` (mean share of
     each query's top-``k`` training items that stay in the top-``k``) and ``score_correlation``
-    (mean per-query Pearson correlation between the raw and detrended score rows).
+    (mean per-query Pearson correlation between the raw and detrended score rows). Scores are the
+    covariance or correlation of the traces, the orientation of
+    :func:`~bifrepro.attribution.bif_scores` (positive = helpful).
     """
-    from bifrepro.attribution.bif import bif_scores  # lazy: attribution imports sampling
-
-    raw = bif_scores(query_traces, train_traces, normalize=normalize, dtype=torch.float64)
-    det = bif_scores(
-        detrend_traces(query_traces),
-        detrend_traces(train_traces),
+    names = ("query", "train")
+    raw = trace_association(
+        query_traces, train_traces, normalize=normalize, dtype=torch.float64, names=names
+    )
+    det = trace_association(
+        detrend_chains(query_traces),
+        detrend_chains(train_traces),
         normalize=normalize,
         dtype=torch.float64,
+        names=names,
     )
     raw2 = raw.reshape(-1, raw.shape[-1]) if raw.dim() != 2 else raw
     det2 = det.reshape(-1, det.shape[-1]) if det.dim() != 2 else det
@@ -670,7 +717,7 @@ class RunHealth:
 
 def run_health(
     traces: Any,
-    num_params: int,
+    num_params: int | None = None,
     *,
     query: str = "query",
     train: str = "train",
@@ -679,16 +726,30 @@ def run_health(
 ) -> RunHealth:
     """Chain health of a finished BIF run, as every experiment reports it.
 
-    ``num_params``: sampled parameters (``requires_grad``). The detrending effect is computed
+    ``num_params``: sampled parameters (``requires_grad``); default ``traces.num_params`` (a
+    ``ValueError`` if the traces do not record it either). The detrending effect is computed
     for per-item traces (``[chains, draws, items]``) of observables ``query`` and ``train``;
     per-token traces skip it (its score matrix would be tokens x tokens).
     """
     diag = traces.diagnostics
-    report = assess_traces(traces, num_params, thresholds)
+    report = assess_traces(traces, _num_params(traces, num_params), thresholds)
     metrics = {**diag.to_metrics("chain/"), **report.to_metrics("health/")}
     names = set(traces.names)
     if {query, train} <= names and traces[query].dim() == 3 and traces[train].dim() == 3:
-        effect = detrend_effect(traces[query], traces[train], normalize=normalize)
+        if _finite(traces[query]) and _finite(traces[train]):
+            effect = detrend_effect(traces[query], traces[train], normalize=normalize)
+        else:  # the ess rule has already failed, naming the non-finite items
+            effect = dict.fromkeys(_DETREND_KEYS, math.nan)
         metrics.update({f"detrend/{k}": float(v) for k, v in effect.items()})
     healthy = bool(diag.is_healthy and report.is_healthy)
-    return RunHealth(healthy, report.summary(), metrics, report)
+    summary = report.summary()
+    if not diag.is_healthy and report.is_healthy:
+        summary = "chains UNHEALTHY: " + "; ".join(diag.problems) + f" ({summary})"
+    return RunHealth(healthy, summary, metrics, report)
+
+
+_DETREND_KEYS = ("trend_share", "mean_abs_change", "topk_overlap", "score_correlation")
+
+
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())

@@ -25,10 +25,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bifrepro.chain_diagnostics import ChainDiagnostics
 from bifrepro.data.batches import EvalBatches, MinibatchStream, batch_size_of
-from bifrepro.sampling.config import SGLDConfig
-from bifrepro.sampling.diagnostics import ChainDiagnostics, SamplerDivergedError
+from bifrepro.fingerprint import callable_fingerprint, dataset_fingerprint, model_fingerprint
+from bifrepro.sampling.diagnostics import SamplerDivergedError
+from bifrepro.sampling.parameters import sampled_parameters
 from bifrepro.sampling.sgld import SGLDState, sgld_update
+from bifrepro.sgld_config import SGLDConfig
 from bifrepro.traces import LossTraces, TraceStore, _mean_over_items
 
 __all__ = ["sample_loss_traces", "LossFn"]
@@ -112,6 +115,25 @@ def _normalise_observables(
     return out
 
 
+def store_identity(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_data: Dataset,
+    observables: Mapping[str, tuple[Dataset, LossFn]],
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """What a trace store's numbers depend on besides the SGLD settings (JSON-able digests)."""
+    return {
+        "model": model_fingerprint(model),
+        "train_data": dataset_fingerprint(train_data, collate_fn),
+        "loss_fn": callable_fingerprint(loss_fn),
+        "observables": {
+            name: {"data": dataset_fingerprint(ds, collate_fn), "loss_fn": callable_fingerprint(fn)}
+            for name, (ds, fn) in observables.items()
+        },
+    }
+
+
 def _check_divergence(
     value: float, limit: float, config: SGLDConfig, chain: int, draw: int, what: str
 ) -> None:
@@ -145,8 +167,10 @@ def sample_loss_traces(
             evaluated on every kept draw (e.g. ``{"train": train_data, "query": query_data}``).
         config: sampler settings.
         out_dir: if given, traces are memory-mapped files in this folder, written draw by draw;
-            re-running the same call resumes an interrupted run (a different configuration, model
-            or data pointed at the same folder is refused).
+            re-running the same call resumes an interrupted run, or loads a finished one. A
+            different configuration, model, loss function, training or observed data pointed at
+            the same folder is refused with :class:`~bifrepro.traces.TraceStoreMismatchError`;
+            a damaged store raises :class:`~bifrepro.traces.TraceStoreError`.
         progress: tqdm bar per chain; ``None`` shows it only on a terminal.
         collate_fn: collate function for the datasets (default: torch's ``default_collate``).
 
@@ -161,7 +185,8 @@ def sample_loss_traces(
     obs = _normalise_observables(observables, loss_fn)
     work = copy.deepcopy(model)
     work.eval()
-    params = [p for p in work.parameters() if p.requires_grad]
+    params = sampled_parameters(work)
+    num_params = sum(p.numel() for p in params)
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True) to sample")
     device = params[0].device
@@ -186,7 +211,8 @@ def sample_loss_traces(
     completed = [0] * c_total
     if out_dir is not None:
         store = TraceStore(Path(out_dir))
-        manifest = store.open(config, init_rows, w_star)
+        identity = store_identity(work, loss_fn, train_data, obs, collate_fn)
+        manifest = store.open(config, init_rows, identity, num_params)
         completed = list(manifest["completed"])
         if manifest["status"] == "complete":
             log.info("traces in %s are complete; loading them", out_dir)
@@ -252,9 +278,10 @@ def sample_loss_traces(
         for mm in memmaps.values():
             mm.flush()
         manifest = store.read_manifest() or {}
+        store.check_complete(manifest)  # every draw recorded and finite, before saying so
         manifest["status"] = "complete"
         store.write_manifest(manifest)
-        traces = store.to_traces(manifest)
+        traces = store.to_traces(manifest, verify=False)
     else:
         diagnostics = ChainDiagnostics(
             sgld_loss=sgld_loss,
@@ -262,7 +289,7 @@ def sample_loss_traces(
             observed_loss={n: _mean_over_items(t) for n, t in arrays.items()},
             init_loss=init_mean,
         )
-        traces = LossTraces(arrays, diagnostics, config, init_rows)
+        traces = LossTraces(arrays, diagnostics, config, init_rows, num_params=num_params)
     log.info("BIF sampling done: %s", traces.diagnostics.summary())
     traces.diagnostics.warn_if_drifting()
     return traces

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bifrepro.stats import detrend_chains, trace_association
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -77,6 +79,11 @@ class ScoreUncertainty:
         )
 
 
+def _scores(query: torch.Tensor, train: torch.Tensor, normalize: str) -> torch.Tensor:
+    """The scores of :func:`~bifrepro.attribution.bif_scores` (``+Cov``/correlation), in float64."""
+    return trace_association(query, train, normalize, dtype=torch.float64, names=("query", "train"))
+
+
 def _standardise(x: torch.Tensor, normalize: str) -> torch.Tensor:
     """Columns centred (float64) and, for correlation, scaled to unit population variance."""
     xc = x - x.mean(0, keepdim=True)
@@ -119,29 +126,17 @@ def bif_standard_errors(
             "query and train traces must come from the same draws: got "
             f"{tuple(query_traces.shape[:2])} vs {tuple(train_traces.shape[:2])}"
         )
-    from bifrepro.attribution.bif import bif_scores  # lazy: attribution imports sampling
-
     if detrend:
-        from bifrepro.sampling.health import detrend_traces
-
-        query_traces, train_traces = detrend_traces(query_traces), detrend_traces(train_traces)
+        query_traces, train_traces = detrend_chains(query_traces), detrend_chains(train_traces)
     c, d = query_traces.shape[:2]
     q_shape, t_shape = tuple(query_traces.shape[2:]), tuple(train_traces.shape[2:])
-    scores = bif_scores(query_traces, train_traces, normalize=normalize, dtype=torch.float64)
+    scores = _scores(query_traces, train_traces, normalize)
 
     if method == "chains":
         if c < 2:
             raise ValueError("method='chains' needs at least 2 chains")
         per_chain = torch.stack(
-            [
-                bif_scores(
-                    query_traces[i : i + 1],
-                    train_traces[i : i + 1],
-                    normalize=normalize,
-                    dtype=torch.float64,
-                )
-                for i in range(c)
-            ]
+            [_scores(query_traces[i : i + 1], train_traces[i : i + 1], normalize) for i in range(c)]
         )
         # c4 makes the sample standard deviation unbiased for Gaussian spread (0.92 for C = 4).
         c4 = math.sqrt(2.0 / (c - 1)) * math.exp(math.lgamma(c / 2) - math.lgamma((c - 1) / 2))

@@ -101,5 +101,25 @@ def test_sign_duplicate_is_helpful_and_flipped_residual_is_harmful():
     copy_idx, mirror_idx = n, n + 1
     assert corr[copy_idx] > 0.99  # identical loss traces
     assert int(corr.argmax()) in (q_idx, copy_idx)
-    assert cov[copy_idx] > 0  # (raw covariance need not rank it first: REFERENCE §6)
+    assert cov[copy_idx] > 0  # (raw covariance need not rank it first: see docs/science.md)
     assert cov[mirror_idx] < 0 and corr[mirror_idx] < 0
+
+
+@pytest.mark.parametrize("normalize", ["correlation", "covariance"])
+def test_nan_traces_raise_naming_the_items_never_score_zero(normalize):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 30, 4, generator=g)
+    t = torch.randn(2, 30, 6, generator=g)
+    bad_train = t.clone()
+    bad_train[1, 7, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"train traces hold NaN or Inf .*index 5"):
+        bif_scores(q, bad_train, normalize)
+    bad_query = q.clone()
+    bad_query[0, 0, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"query traces hold NaN or Inf .*index 2"):
+        bif_scores(bad_query, t, normalize, block_size=2)
+    # per-token traces name the item, not the flattened column
+    tokens = torch.randn(2, 30, 3, 4, generator=g)
+    tokens[0, 3, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"index 2\)"):
+        bif_scores(q, tokens, normalize)

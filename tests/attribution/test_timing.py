@@ -7,7 +7,12 @@ import time
 
 import torch
 
-from bifrepro.attribution.timing import AttributionTimings, PhaseTiming, measure_phase
+from bifrepro.attribution.timing import (
+    AttributionTimings,
+    PhaseTiming,
+    measure_phase,
+    torch_threads,
+)
 
 
 def test_measure_phase_sees_time_and_a_transient_allocation() -> None:
@@ -58,3 +63,18 @@ def test_accumulation_and_metrics() -> None:
     assert metrics["m/score_seconds"] == 3.0 and metrics["m/total_seconds"] == 3.0
     assert "m/score_peak_cuda_mb" not in metrics  # NaN (no GPU use) is left out
     assert "score 3.00 s" in timings.summary()
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    try:
+        with torch_threads(1):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert torch.get_num_threads() == before  # restored on an exception too

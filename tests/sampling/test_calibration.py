@@ -234,8 +234,10 @@ def test_resolve_sampler_passthrough_and_calibrated(problem, tmp_path):
     chosen, report = resolve_sampler(cfg, cal, model, mse_loss, data, out_dir=tmp_path)
     assert report is not None and chosen == report.config
     assert chosen.step_size != cfg.step_size
-    for name in ("calibration.csv", "calibration.json", "calibration_summary.png"):
+    for name in ("calibration.csv", "calibration.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # the report writes tables only; its figures are the plots layer's (tests/plots)
+    assert not list(tmp_path.glob("*.png"))
     metrics = report.to_metrics()
     assert metrics["calibration/step_size"] == chosen.step_size
     assert 0 < metrics["calibration/cost_fraction"] < math.inf
@@ -286,39 +288,3 @@ def test_hydra_sampler_auto_turns_calibration_on():
     # sampler=auto is plain SGLD with the experiment's own settings (the toy's nβ = 100).
     assert auto.sampler.preconditioner == "none" and auto.sampler.nbeta == off.sampler.nbeta
     assert rms.sampler.preconditioner == "rmsprop" and rms.calibration.enabled
-
-
-def test_sweep_summary_figure_from_a_runs_table():
-    import pandas as pd
-
-    from bifrepro.plots.calibration import plot_sampler_sweep
-
-    runs = pd.DataFrame(
-        {
-            "params.sampler.step_size": ["1e-05", "0.0001", "0.001"] * 2,
-            "params.sampler.localization": ["100"] * 3 + ["1000"] * 3,
-            "params.sampler.nbeta": ["10"] * 6,
-            "metrics.lds": [0.1, 0.3, 0.2, 0.15, 0.35, 0.3],
-            "metrics.chain/healthy": [0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
-            "metrics.chain/rhat": [1.5, 1.01, 1.3, 1.4, 1.02, 1.05],
-        }
-    )
-    fig = plot_sampler_sweep(runs, "metrics.lds")
-    axes = fig.get_axes()
-    assert len(axes) == 3  # quality, health flag, R-hat
-    assert axes[0].get_xscale() == "log" and axes[0].get_title().startswith("quality")
-    # One line per γ plus ring markers for the unhealthy runs (3 of them) on the quality panel.
-    rings = [ln for ln in axes[0].get_lines() if ln.get_markerfacecolor() == "none"]
-    assert sum(len(ln.get_xdata()) for ln in rings) == 3
-    with pytest.raises(ValueError, match="metrics.missing"):
-        plot_sampler_sweep(runs, "metrics.missing")
-
-
-def test_report_figures_have_one_column_per_candidate(report):
-    from bifrepro.plots.calibration import plot_calibration_summary, plot_calibration_traces
-
-    summary = plot_calibration_summary(report)
-    assert len(summary.get_axes()) == 6
-    assert "calibration chose" in summary._suptitle.get_text()
-    traces = plot_calibration_traces(report)
-    assert len(traces.get_axes()) == 2 * len(report.candidates)

@@ -117,8 +117,10 @@ def test_rhat_rule():
     shifted[2] += 3.0
     bad = check_rhat(shifted)
     assert not bad.passed and bad.value > 1.5
-    assert check_rhat(x[:, :3]).passed  # too few draws: n/a, not a failure
-    assert "n/a" in check_rhat(x[:, :3]).detail
+    # too few draws: R-hat is NaN, and NaN never passes; the reason says why
+    short = check_rhat(x[:, :3])
+    assert not short.passed and math.isnan(short.value)
+    assert "n/a" in short.detail and ">= 4 draws" in short.detail
 
 
 def test_distance_bound_and_rule():
@@ -315,3 +317,82 @@ def test_step_rule_flags_a_step_too_coarse_for_the_localization():
     assert not check_step(2e-4, 1000.0, hessian_top_eigenvalue=59.0, nbeta=100.0).passed
     # the threshold is configurable
     assert check_step(1.5e-3, 1000.0, HealthThresholds(max_step_curvature=2.0)).passed
+
+
+def _nan_at(x: torch.Tensor, *index) -> torch.Tensor:
+    out = x.clone()
+    out[index] = math.nan
+    return out
+
+
+def test_every_rule_fails_on_nan_with_a_reason():
+    c, n, d, gamma, eps = 4, 300, 50, 100.0, 1e-3
+    items = 0.1 * _ar1(c, n, 0.5, 12, seed=40) + 1.0
+    loss = _nan_at(items.mean(-1), 1, 7)
+    trend, _ = check_trend(loss)
+    assert not trend.passed and "NaN" in trend.detail
+    rhat = check_rhat(loss)
+    assert not rhat.passed and "NaN" in rhat.detail
+    ess, _ = check_ess(_nan_at(items, 0, 3, 5))
+    assert not ess.passed and "NaN or Inf" in ess.detail
+    share, _ = check_trend_share(_nan_at(items, 0, 3, 5))
+    assert not share.passed and "NaN" in share.detail
+    dist = torch.full((c, n), 0.1, dtype=torch.float64)
+    for gamma_ in (gamma, 0.0):  # also where the distance rule does not apply (γ = 0)
+        check, _ = check_distance(_nan_at(dist, 2, 2), d, gamma_, eps)
+        assert not check.passed and "NaN" in check.detail
+    loss_check, _ = check_loss(math.nan, 1.0, 10.0, d)
+    assert not loss_check.passed and "non-finite" in loss_check.detail
+    assert not check_step(math.nan, gamma).passed
+
+
+def test_diagnostics_and_assessment_never_call_nan_healthy():
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    items = 0.1 * _ar1(c, n, 0.5, 12, seed=41) + 1.0
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+    kwargs = dict(num_params=d, step_size=eps, nbeta=nbeta, localization=gamma)
+    assert _diagnostics(items.mean(-1), dist, 0.99).is_healthy  # the baseline is healthy
+    broken = _nan_at(items, 2, 10, 4)
+    diag = _diagnostics(broken.mean(-1), dist, 0.99)
+    assert math.isnan(diag.rhat)
+    assert not diag.is_healthy and any("NaN" in p for p in diag.problems)
+    assert "UNHEALTHY" in diag.summary()
+    report = assess_chains(diag, {"train": broken}, **kwargs)
+    assert not report.is_healthy
+    assert {ch.name for ch in report.failed} >= {"trend", "rhat", "ess"}
+    # too few draws to compare chains: not healthy either, with the reason
+    short = _diagnostics(items.mean(-1)[:, :3], dist[:, :3], 0.99)
+    assert not short.is_healthy and any(">= 4 draws" in p for p in short.problems)
+
+
+def test_run_health_takes_num_params_from_the_traces():
+    from bifrepro.sampling.config import SGLDConfig
+    from bifrepro.sampling.health import run_health
+    from bifrepro.traces import LossTraces
+
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    config = SGLDConfig(step_size=eps, nbeta=nbeta, localization=gamma, num_chains=c, num_draws=n)
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+    train = 0.1 * _ar1(c, n, 0.5, 12, seed=42) + 1.0
+    query = 0.1 * _ar1(c, n, 0.5, 3, seed=43) + 1.0
+    diag = ChainDiagnostics(
+        sgld_loss=train.mean(-1),
+        distance=dist,
+        observed_loss={"train": train.mean(-1), "query": query.mean(-1)},
+        init_loss={"train": 0.99, "query": 0.99},
+    )
+    init = {"train": torch.full((12,), 0.99), "query": torch.full((3,), 0.99)}
+    data = {"train": train, "query": query}
+    recorded = LossTraces(data, diag, config, init, num_params=d)
+    implicit = run_health(recorded)
+    explicit = run_health(recorded, d)
+    assert implicit.metrics == explicit.metrics and implicit.healthy
+    assert detrend_traces(recorded).num_params == d
+    unknown = LossTraces(data, diag, config, init)
+    with pytest.raises(ValueError, match="num_params"):
+        run_health(unknown)
+    # NaN losses: unhealthy with reasons, never a crash or a healthy verdict
+    broken = LossTraces({"train": _nan_at(train, 1, 5, 2), "query": query}, diag, config, init)
+    verdict = run_health(broken, d)
+    assert not verdict.healthy and "ess" in {ch.name for ch in verdict.report.failed}
+    assert math.isnan(verdict.metrics["detrend/trend_share"])

@@ -2,7 +2,7 @@
 
 With l_i = ½(y_i - x_iᵀw)², w* the least-squares fit and posterior precision
 A = (nβ/n)·XᵀX + γI, δ = w - w* ~ N(0, Σ) and Cov(l_i, l_j) = r_i r_j s_ij + ½ s_ij² with
-s_ij = x_iᵀ Σ x_j (REFERENCE §1). Unadjusted Langevin with full-batch gradients has the Gaussian
+s_ij = x_iᵀ Σ x_j (see docs/science.md). Unadjusted Langevin with full-batch gradients has the Gaussian
 stationary law N(w*, Σ_ε), Σ_ε = (A·(I - εA/4))⁻¹, so the implementation can be checked against
 Σ_ε tightly and against the continuous-time Σ up to the O(ε) discretisation bias.
 """

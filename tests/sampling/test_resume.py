@@ -87,11 +87,12 @@ def test_in_process_interruption_resumes_from_checkpoint(tmp_path):
     )
     reference = sample_loss_traces(model, mse_loss, ds, {"train": ds}, cfg, progress=False)
 
-    calls = {"n": 0}
+    # One loss function for both calls (a different one would be a different store identity).
+    calls = {"n": 0, "fail_at": 150}
 
     def flaky(m, batch):
         calls["n"] += 1
-        if calls["n"] == 150:
+        if calls["n"] == calls["fail_at"]:
             raise KeyboardInterrupt
         return mse_loss(m, batch)
 
@@ -99,9 +100,8 @@ def test_in_process_interruption_resumes_from_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         sample_loss_traces(model, flaky, ds, {"train": ds}, cfg, out_dir=out, progress=False)
     assert 0 < sum(_completed(out)) < 60
-    resumed = sample_loss_traces(
-        model, mse_loss, ds, {"train": ds}, cfg, out_dir=out, progress=False
-    )
+    calls["fail_at"] = -1
+    resumed = sample_loss_traces(model, flaky, ds, {"train": ds}, cfg, out_dir=out, progress=False)
     assert torch.equal(resumed["train"], reference["train"])
 
 
@@ -109,15 +109,17 @@ def test_completed_store_is_loaded_not_resampled(tmp_path):
     x, y, model = regression_problem()
     ds = TensorDataset(x, y)
     cfg = SGLDConfig(num_chains=1, num_draws=5, burn_in=0, batch_size=8)
-    first = sample_loss_traces(
-        model, mse_loss, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False
-    )
     calls = {"grad": 0}
 
     def counting(m, b):
         calls["grad"] += int(torch.is_grad_enabled())
         return mse_loss(m, b)
 
+    first = sample_loss_traces(
+        model, counting, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False
+    )
+    assert calls["grad"] > 0
+    calls["grad"] = 0
     second = sample_loss_traces(
         model, counting, ds, {"train": ds}, cfg, out_dir=tmp_path, progress=False
     )

@@ -1,0 +1,143 @@
+"""SGLD settings: one validated dataclass, usable directly and as a Hydra structured config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bifrepro.validation import finite_numbers
+
+__all__ = ["SGLDConfig"]
+
+_PRECONDITIONERS = ("none", "rmsprop")
+_TRACE_DTYPES = ("float32", "float16")
+# Fields that change how fast or where the sampler runs but not a single number it records.
+_NON_SEMANTIC_FIELDS = ("eval_batch_size", "cache_data", "checkpoint_every")
+
+
+@dataclass
+class SGLDConfig:
+    """Settings of the local SGLD sampler around trained weights ``w*``.
+
+    Update (devinterp convention), with ε = ``step_size``, nβ = ``nbeta``, γ = ``localization``::
+
+        Δw = -(ε/2)·G·[nβ·∇L_batch(w) + γ·(w - w*)] + √G·N(0, ε)
+
+    where ``G = 1`` for ``preconditioner="none"`` and, for ``"rmsprop"``,
+    ``V ← αV + (1-α)·∇L_batch²`` (V₀ = 0), ``G = 1/(√V + rmsprop_eps)``.
+    Each of ``num_chains`` chains starts at ``w*``, takes ``burn_in`` steps, then records a draw
+    every ``thinning`` steps until it has ``num_draws`` draws.
+    """
+
+    #: SGLD step size ε (> 0).
+    step_size: float = 1e-4
+    #: Inverse temperature times the number of training samples, nβ (> 0).
+    nbeta: float = 10.0
+    #: Localization strength γ of the Gaussian prior centred at w* (>= 0).
+    localization: float = 1000.0
+    #: Number of independent chains, each started at w*.
+    num_chains: int = 4
+    #: Draws kept per chain (losses of every observed item are recorded on each).
+    num_draws: int = 200
+    #: SGLD steps discarded before the first kept draw.
+    burn_in: int = 50
+    #: SGLD steps between kept draws (1 = keep every step).
+    thinning: int = 1
+    #: SGLD minibatch size (clipped to the training-set size; >= size means full batch).
+    batch_size: int = 64
+    #: "none" (plain SGLD) or "rmsprop" (RMSProp-preconditioned SGLD).
+    preconditioner: str = "none"
+    #: RMSProp decay α of the squared-gradient average.
+    rmsprop_alpha: float = 0.99
+    #: RMSProp stabiliser added to √V.
+    rmsprop_eps: float = 0.1
+    #: Master seed; chain c uses streams derived from (seed, c).
+    seed: int = 0
+    #: Batch size of the no-grad loss evaluation of observed items (speed only).
+    eval_batch_size: int = 256
+    #: Keep collated data in memory on the model's device (speed only; turn off for huge pools).
+    cache_data: bool = True
+    #: Storage type of the recorded losses.
+    trace_dtype: str = "float32"
+    #: A draw whose mean observed loss exceeds divergence_factor·(1 + |loss at w*|) is a divergence.
+    divergence_factor: float = 100.0
+    #: With an out_dir, save the chain state every this many draws (resume replays the rest).
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value is out of range."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"SGLDConfig.{name}={getattr(self, name)!r} is invalid: {why}")
+
+        finite_numbers(self)
+
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if (
+                not isinstance(v, int | float)
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or v <= 0
+            ):
+                bad(name, "must be a finite number > 0")
+
+        for name in ("step_size", "nbeta", "divergence_factor"):
+            positive(name)
+        if not math.isfinite(self.localization) or self.localization < 0:
+            bad("localization", "must be a finite number >= 0")
+        for name in (
+            "num_chains",
+            "num_draws",
+            "thinning",
+            "batch_size",
+            "eval_batch_size",
+            "checkpoint_every",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be an integer >= 1")
+        if not isinstance(self.burn_in, int) or isinstance(self.burn_in, bool) or self.burn_in < 0:
+            bad("burn_in", "must be an integer >= 0")
+        if self.preconditioner not in _PRECONDITIONERS:
+            bad("preconditioner", f"must be one of {_PRECONDITIONERS}")
+        if not 0.0 <= self.rmsprop_alpha < 1.0:
+            bad("rmsprop_alpha", "must be in [0, 1)")
+        if not self.rmsprop_eps > 0:
+            bad("rmsprop_eps", "must be > 0")
+        if self.trace_dtype not in _TRACE_DTYPES:
+            bad("trace_dtype", f"must be one of {_TRACE_DTYPES}")
+
+    @property
+    def total_steps(self) -> int:
+        """SGLD steps per chain, burn-in included."""
+        return self.burn_in + self.num_draws * self.thinning
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every field that changes the recorded numbers (not speed-only fields)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NON_SEMANTIC_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> SGLDConfig:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> SGLDConfig:
+        """Build from a dict or OmegaConf node, refusing unknown keys by name."""
+        items = dict(mapping.items()) if hasattr(mapping, "items") else dict(mapping)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(items) - known)
+        if unknown:
+            raise ValueError(f"unknown SGLDConfig key(s) {unknown}; known: {sorted(known)}")
+        return cls(**items)
