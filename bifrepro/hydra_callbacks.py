@@ -3,9 +3,11 @@
 Enabled in ``conf/config.yaml`` (``hydra.callbacks.mlflow_sweep``). Lifecycle:
 
 * ``on_multirun_start`` (launching process): creates the parent run, logs the sweep definition and
-  the base config, and writes ``<sweep dir>/.mlflow_parent_run.json``. Creating it here also
-  creates the SQLite store before parallel jobs race to do so. Jobs, in whatever process or SLURM
-  node they run, find the parent through that file (:func:`bifrepro.tracking.start_run`).
+  the base config, and writes ``<sweep dir>/.mlflow_parent_run.json``. Jobs, in whatever process
+  or SLURM node they run, find the parent through that file (:func:`bifrepro.tracking.start_run`).
+  A sweep folder that already names a parent run is refused (exit status 2): its jobs would attach
+  to the other sweep's parent. Sweep folder names are unique (``${bifrepro.sweep_id:}`` in
+  ``conf/config.yaml``), so this only happens with an explicit ``hydra.sweep.dir``.
 * ``on_job_end`` (job process): a failed job marks the parent FAILED right away and leaves a
   marker file, because Hydra skips ``on_multirun_end`` when a job fails.
 * ``on_multirun_end`` (launching process, only when every job returned): the parent ends
@@ -17,6 +19,7 @@ Exceptions inside Hydra callbacks only produce warnings, so every hook logs and 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,14 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-import bifrepro.config  # noqa: F401 - registers the bifrepro.abspath resolver used by the config
 from bifrepro.io import atomic_write_text
 from bifrepro.tracking import (
     PARENT_RUN_FILE,
+    file_lock,
     get_client,
     get_or_create_experiment,
     git_info,
+    process_tags,
     write_parent_run_file,
 )
 
@@ -89,6 +93,21 @@ def _sweep_params(config: DictConfig, overrides: list[str]) -> dict[str, str]:
     return out
 
 
+def _refuse_a_used_sweep_dir(sweep_dir: Path) -> None:
+    """Exit (status 2, one line) if ``sweep_dir`` already holds another multirun's parent run."""
+    path = sweep_dir / PARENT_RUN_FILE
+    if not path.exists():
+        return
+    owner = (_read_parent(sweep_dir) or {}).get("run_id", "unknown")
+    print(
+        f"error: hydra.sweep.dir={str(sweep_dir)!r} is invalid: it already belongs to the multirun "
+        f"with MLflow parent run {owner} ({path.name}); a multirun needs a folder of its own "
+        "(leave hydra.sweep.dir at its default, which is unique, or choose a new folder)",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)  # not an Exception: Hydra turns those in callbacks into warnings
+
+
 class MLflowSweepCallback(Callback):
     """Parent MLflow run per Hydra multirun; see the module docstring."""
 
@@ -97,15 +116,22 @@ class MLflowSweepCallback(Callback):
         self.tracking_uri: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        settings = _tracking(config)
+        if settings is None:
+            return
+        sweep_dir = _sweep_dir(config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # the check and the parent file are one step for multiruns sharing the folder
+        with file_lock(sweep_dir / ".mlflow_parent_run.lock"):
+            _refuse_a_used_sweep_dir(sweep_dir)
+            self._create_parent(config, settings, sweep_dir)
+
+    def _create_parent(self, config: DictConfig, settings: dict[str, Any], sweep_dir: Path) -> None:
         try:
-            settings = _tracking(config)
-            if settings is None:
-                return
             uri = str(settings["uri"])
             client = get_client(uri)
             exp_name = str(settings["experiment_name"])
             exp_id = get_or_create_experiment(client, exp_name, settings.get("artifact_location"))
-            sweep_dir = _sweep_dir(config)
             overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
             sweep_params = _sweep_params(config, overrides)
             tags = {
@@ -115,6 +141,7 @@ class MLflowSweepCallback(Callback):
                 "hydra.sweep.dir": str(sweep_dir),
                 "hydra.overrides": " ".join(overrides) or "(none)",
                 **git_info(),
+                **process_tags(),  # a killed launcher's parent is closed by the next run
             }
             name = f"{tags['experiment']} sweep {sweep_dir.name}"
             run = client.create_run(exp_id, run_name=name, tags=tags)
@@ -126,7 +153,6 @@ class MLflowSweepCallback(Callback):
                 base.pop("hydra", None)
             client.log_text(run.info.run_id, OmegaConf.to_yaml(base), "config/base_config.yaml")
             client.log_dict(run.info.run_id, sweep_params, "config/sweep.json")
-            sweep_dir.mkdir(parents=True, exist_ok=True)
             write_parent_run_file(sweep_dir, run.info.run_id, uri, sweep_keys=sorted(sweep_params))
             log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
         except Exception as err:  # noqa: BLE001 - a tracking problem must not stop the sweep

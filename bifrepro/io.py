@@ -135,8 +135,9 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
 
     An experiment writes all its figures and tables into the staging folder. When the block
     ends without an exception, sub-folders of the old ``final`` that the new set does not contain
-    (outputs of other runs, e.g. ``results/lds/calibrated``) are moved into the new set, and
-    the new set is swapped in with two renames. On an exception (a diverged sampler, Ctrl-C,
+    (outputs of other runs, e.g. ``results/lds/calibrated``) and log files (``*.log``, e.g. the
+    log Hydra is writing into its job folder in a multirun) are moved into the new set, and the
+    new set is swapped in with two renames. Old figures and tables the new set lacks are dropped. On an exception (a diverged sampler, Ctrl-C,
     SIGTERM) the staging folder is removed and ``final`` is left exactly as it was.
     """
     final = Path(final)
@@ -151,7 +152,8 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     if final.exists():
         for child in final.iterdir():
-            if child.is_dir() and not (staging / child.name).exists():
+            keep = child.is_dir() or child.suffix == ".log"
+            if keep and not (staging / child.name).exists():
                 os.replace(child, staging / child.name)
         os.replace(final, old)
     os.replace(staging, final)

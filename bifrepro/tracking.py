@@ -12,7 +12,18 @@ config into params, saves the whole config as ``config/config.yaml``, and tags t
 commit, dataset, model, device, Hydra job). Inside a Hydra multirun the run becomes a child of the
 sweep's parent run, which :class:`bifrepro.hydra_callbacks.MLflowSweepCallback` creates and
 records in ``<sweep dir>/.mlflow_parent_run.json``. The run ends FINISHED, or FAILED (KILLED on
-Ctrl-C) if the body raises. With ``cfg.tracking.enabled=false`` the tracker is a no-op.
+Ctrl-C, SIGTERM or SIGHUP) if the body raises. With ``cfg.tracking.enabled=false`` the tracker is a
+no-op.
+
+Shared state survives parallel and killed processes:
+
+* the SQLite store is created (schema migrations) under an inter-process lock on
+  ``<store>.lock``, so jobs that start together on a fresh store do not corrupt it;
+* each run is tagged with ``host``, ``pid`` and ``pid_start``; the next ``start_run`` of the same
+  MLflow experiment marks RUNNING runs of this host whose process is gone (``kill -9``, a node
+  crash) as KILLED;
+* importing this module registers the ``bifrepro.sweep_id`` resolver (``<pid>-<random>``, fixed
+  for one multirun) that keeps the sweep folders of multiruns started in the same second apart.
 """
 
 from __future__ import annotations
@@ -21,8 +32,11 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,8 +46,14 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+try:  # Unix only; elsewhere the store is opened without a lock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "RunTracker",
+    "Terminated",
     "start_run",
     "flatten_config",
     "git_info",
@@ -43,6 +63,13 @@ __all__ = [
     "multirun_parent_run_id",
     "write_parent_run_file",
     "PARENT_RUN_FILE",
+    "SWEEP_ID_RESOLVER",
+    "sweep_id",
+    "register_resolvers",
+    "store_lock",
+    "file_lock",
+    "mark_stale_runs_killed",
+    "process_tags",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +80,30 @@ PARENT_RUN_FILE = ".mlflow_parent_run.json"
 _MAX_PARAM_CHARS = 6000
 _PARENT_TAG = "mlflow.parentRunId"
 _BATCH = 100
+#: OmegaConf resolver of the unique part of the sweep folder names (``conf/config.yaml``).
+SWEEP_ID_RESOLVER = "bifrepro.sweep_id"
+#: Signals that end a run as KILLED, like Ctrl-C: ``kill``, SLURM time limits, ``scancel``, a
+#: closed terminal.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def sweep_id() -> str:
+    """``<pid>-<4 hex digits>``: unique per launching process and call.
+
+    Registered with ``use_cache=True``: Hydra resolves the sweep folder once in the launching
+    process and copies the resolver cache into every job's config (as for ``${now:...}``), so all
+    jobs of one multirun see the same value, and two multiruns never do.
+    """
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def register_resolvers() -> None:
+    """Register ``${bifrepro.sweep_id:}`` (idempotent; runs when this module is imported)."""
+    if not OmegaConf.has_resolver(SWEEP_ID_RESOLVER):
+        OmegaConf.register_new_resolver(SWEEP_ID_RESOLVER, sweep_id, use_cache=True)
+
+
+register_resolvers()
 
 
 def flatten_config(cfg: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
@@ -104,18 +155,62 @@ def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
     return {"git_commit": sha, "git_dirty": str(bool(dirty)).lower()} if sha else {}
 
 
-def _ensure_sqlite_parent(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        db.parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for other stores and ``:memory:``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if not path or path == ":memory:" else Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive inter-process lock (``flock``) on the file ``path`` (created if missing;
+    its folder must exist). Released when the block ends or the process dies."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive inter-process lock (``flock`` on ``<db>.lock``) on a SQLite store.
+
+    MLflow creates and migrates the schema when a process first opens the store; two processes
+    doing it at once crash and can leave the file half-migrated for good. A no-op for other
+    stores. The SQLite file's folder is created if needed.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def get_client(uri: str) -> Any:
-    """An ``MlflowClient`` bound to ``uri`` (the SQLite file's folder is created if needed)."""
+    """An ``MlflowClient`` bound to ``uri``; a new SQLite store is created under
+    :func:`store_lock` (its folder too), so parallel jobs can open a fresh store safely."""
     from mlflow import MlflowClient
 
-    _ensure_sqlite_parent(uri)
-    return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):
+        try:
+            return MlflowClient(tracking_uri=uri)  # opens the store: creates/migrates the schema
+        except Exception as err:
+            if "_alembic_tmp_" not in str(err):
+                raise
+            raise RuntimeError(
+                f"the MLflow store {_sqlite_path(uri)} was left half-created by an earlier crash "
+                "(two processes created it at once before bifrepro locked it); move it aside and "
+                "run again to start a fresh store"
+            ) from err
 
 
 def _as_artifact_uri(location: str | None) -> str | None:
@@ -220,6 +315,105 @@ def _hydra_tags() -> dict[str, str]:
         if not str(group).startswith("hydra/") and choice is not None:
             tags[f"hydra.choice.{group}"] = str(choice)
     return tags
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot; Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (name)": field 3 (state) onwards
+    return fields[19] if len(fields) > 19 else None  # field 22: starttime
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` of this host still runs (and is the one that started at
+    ``started``, when known)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by another user
+        pass
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+def process_tags() -> dict[str, str]:
+    """``host``, ``pid`` (and ``pid_start`` on Linux) of this process, recorded on every run so
+    that a later run can tell whether it is still alive."""
+    tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    started = _process_start(os.getpid())
+    if started is not None:
+        tags["pid_start"] = started
+    return tags
+
+
+def mark_stale_runs_killed(client: Any, experiment_id: str) -> list[str]:
+    """Mark RUNNING runs of ``experiment_id`` whose process is gone as KILLED; return their ids.
+
+    Only runs of this host with a ``pid`` tag are touched (``kill -9``, an out-of-memory kill or a
+    crashed node leave no chance to close the run); a run whose process still runs is left alone.
+    """
+    host = socket.gethostname()
+    if "'" in host:  # cannot be quoted in a filter; hostnames never contain one
+        return []
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'",
+        max_results=1000,
+    )
+    stale = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if not pid.isdigit() or _process_alive(int(pid), run.data.tags.get("pid_start")):
+            continue
+        client.set_tag(
+            run.info.run_id, "killed_reason", f"process {pid} on {host} ended without closing it"
+        )
+        client.set_terminated(run.info.run_id, status="KILLED")
+        stale.append(run.info.run_id)
+    if stale:
+        log.warning("marked %d stale MLflow run(s) KILLED: %s", len(stale), ", ".join(stale))
+    return stale
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived inside :func:`start_run`: the run ends KILLED, then the process
+    exits with status 128 + the signal number (as a shell reports a process killed by it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_raise_terminated() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise :class:`Terminated` once (then they are ignored
+    while the run is closed). Main thread only; an ignored signal (SIGHUP under ``nohup``) stays
+    ignored; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        log.warning("received %s: closing the MLflow run as KILLED", signal.Signals(signum).name)
+        raise Terminated(signum)
+
+    for sig in _STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is not signal.SIG_IGN:
+            previous[sig] = current
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def _default_device() -> str:
@@ -340,6 +534,10 @@ def start_run(
     exp_id = get_or_create_experiment(
         client, str(settings["experiment_name"]), settings.get("artifact_location")
     )
+    try:
+        mark_stale_runs_killed(client, exp_id)
+    except Exception as err:  # noqa: BLE001 - housekeeping must not stop the run
+        log.warning("could not check for stale MLflow runs: %s", err)
     hydra_tags = _hydra_tags()
     exp_name = str(OmegaConf.select(cfg, "experiment.name", default="experiment"))
     parent_info = _parent_info(uri)
@@ -358,7 +556,6 @@ def start_run(
         "dataset": str(OmegaConf.select(cfg, "data.name", default="unknown")),
         "model": str(OmegaConf.select(cfg, "model.name", default="unknown")),
         "device": _default_device(),
-        "host": socket.gethostname(),
         "mlflow.source.name": f"experiments.{exp_name}",
     }
     gi = git_info()
@@ -368,36 +565,38 @@ def start_run(
     all_tags.update(hydra_tags)
     all_tags.update({str(k): str(v) for k, v in (settings.get("tags") or {}).items()})
     all_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
+    all_tags.update(process_tags())  # last: the stale-run check relies on them
     if parent:
         all_tags[_PARENT_TAG] = parent
     run = client.create_run(exp_id, run_name=str(name), tags=all_tags)
     tracker = RunTracker(client, run.info.run_id)
     status = "FAILED"
-    try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        if isinstance(resolved, dict):
-            resolved.pop("hydra", None)
-        tracker.log_params(flatten_config(resolved))
-        tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config/config.yaml")
-        if "hydra.overrides" in hydra_tags:
-            tracker.log_text(hydra_tags["hydra.overrides"] + "\n", "config/overrides.txt")
-        log.info(
-            "MLflow run %s (%s) in %s%s",
-            run.info.run_id,
-            name,
-            uri,
-            f", child of {parent}" if parent else "",
-        )
-        yield tracker
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
+    with _stop_signals_raise_terminated():
         try:
-            client.set_terminated(run.info.run_id, status=status)
-        except Exception as err:  # noqa: BLE001 - never mask the body's exception
-            log.warning("could not close MLflow run %s: %s", run.info.run_id, err)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            if isinstance(resolved, dict):
+                resolved.pop("hydra", None)
+            tracker.log_params(flatten_config(resolved))
+            tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config/config.yaml")
+            if "hydra.overrides" in hydra_tags:
+                tracker.log_text(hydra_tags["hydra.overrides"] + "\n", "config/overrides.txt")
+            log.info(
+                "MLflow run %s (%s) in %s%s",
+                run.info.run_id,
+                name,
+                uri,
+                f", child of {parent}" if parent else "",
+            )
+            yield tracker
+            status = "FINISHED"
+        except (KeyboardInterrupt, Terminated):
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                client.set_terminated(run.info.run_id, status=status)
+            except Exception as err:  # noqa: BLE001 - never mask the body's exception
+                log.warning("could not close MLflow run %s: %s", run.info.run_id, err)
 
 
 def write_parent_run_file(

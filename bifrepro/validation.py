@@ -2,19 +2,34 @@
 
 The message reads ``<Class>.<field>=<value> is invalid: <why>``;
 :func:`bifrepro.config.validate_config` rewrites it to the config key (e.g. ``experiment.alphas``).
+Every check that takes a number refuses NaN and infinity; :func:`finite_numbers` (first thing in a
+``__post_init__``) does it for all float fields at once, so a field without a range check cannot
+let ``inf`` through (``sampler.rmsprop_eps=inf`` would divide every step by infinity).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
-__all__ = ["bad", "int_at_least", "positive", "nonneg_float", "one_of"]
+__all__ = ["bad", "finite_numbers", "int_at_least", "positive", "nonneg_float", "one_of"]
 
 
 def bad(cfg: Any, name: str, why: str) -> None:
     """Raise the ``ValueError`` for field ``name`` of ``cfg``."""
     raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} is invalid: {why}")
+
+
+def finite_numbers(cfg: Any) -> None:
+    """Every float field of the dataclass ``cfg``, and every float in a list or tuple field, is
+    finite (not NaN, not +-inf). ``None``, ints, strings and nested dataclasses are left to their
+    own checks."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, list | tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            bad(cfg, f.name, "must be finite (not nan or inf)")
 
 
 def int_at_least(cfg: Any, name: str, low: int) -> None:

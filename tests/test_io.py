@@ -62,3 +62,20 @@ def test_round_significant_rounds_floats_only():
     assert out["x"].iloc[0] == 0.123 and pd.isna(out["x"].iloc[1])
     assert out["n"].tolist() == [1, 2] and out["s"].tolist() == ["a", "b"]
     assert df["x"].iloc[0] == 0.123456789  # the input is not modified
+
+
+def test_a_log_being_written_survives_the_swap(tmp_path):
+    """In a multirun the result folder is Hydra's job folder, whose ``<job>.log`` is open."""
+    final = tmp_path / "job0"
+    (final / ".hydra").mkdir(parents=True)
+    (final / "old_figure.png").write_text("old")
+    with open(final / "run.log", "a") as log:
+        log.write("before\n")
+        log.flush()
+        with staged_directory(final) as stage:
+            (stage / "metrics.json").write_text("{}")
+        log.write("after\n")
+    assert (final / "run.log").read_text() == "before\nafter\n"
+    assert (final / ".hydra").is_dir()
+    assert not (final / "old_figure.png").exists()
+    assert (final / "metrics.json").exists()

@@ -1,8 +1,16 @@
-"""MLflow tracking: params, config artifact, tags, metrics, figures, statuses, disabled mode."""
+"""MLflow tracking: params, config artifact, tags, metrics, figures, statuses, disabled mode,
+signals, stale runs, the store lock and the sweep-folder resolver (end-to-end checks with real
+processes: tests/reliability/)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +19,13 @@ from omegaconf import OmegaConf
 
 from bifrepro.tracking import (
     PARENT_RUN_FILE,
+    Terminated,
     flatten_config,
     get_client,
+    mark_stale_runs_killed,
     multirun_parent_run_id,
     start_run,
+    store_lock,
 )
 
 
@@ -112,3 +123,76 @@ def test_experiment_is_created_once_with_artifact_location(mlflow_uri, tmp_path)
     exp = client.get_experiment_by_name("unit-tests")
     assert exp.artifact_location == (tmp_path / "arts").as_uri()
     assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_run_records_its_process(mlflow_uri, search_runs) -> None:
+    with start_run(_cfg(mlflow_uri)):
+        pass
+    row = search_runs("unit-tests").iloc[0]
+    assert row["tags.host"] == socket.gethostname() and row["tags.pid"] == str(os.getpid())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_stop_signal_marks_the_run_killed(mlflow_uri, search_runs, sig) -> None:  # noqa: ANN001
+    before = signal.getsignal(sig)
+    with pytest.raises(Terminated) as info, start_run(_cfg(mlflow_uri)):
+        os.kill(os.getpid(), sig)
+        time.sleep(10)  # interrupted by the handler
+    assert info.value.code == 128 + sig
+    assert search_runs("unit-tests")["status"].tolist() == ["KILLED"]
+    assert signal.getsignal(sig) == before  # the previous handler is back
+
+
+def test_an_ignored_signal_stays_ignored(mlflow_uri) -> None:
+    """``nohup`` ignores SIGHUP on purpose; a run must not undo that."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with start_run(_cfg(mlflow_uri)):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times: Linux")
+def test_stale_runs_of_dead_processes_on_this_host_are_marked_killed(mlflow_uri) -> None:
+    client = get_client(mlflow_uri)
+    exp_id = client.create_experiment("stale")
+    host, dead = socket.gethostname(), str(_dead_pid())
+
+    def running(**tags: str) -> str:
+        return client.create_run(exp_id, tags=tags).info.run_id
+
+    gone = running(host=host, pid=dead)
+    reused = running(
+        host=host, pid=str(os.getpid()), pid_start="1"
+    )  # pid now names another process
+    alive = running(host=host, pid=str(os.getpid()))
+    elsewhere = running(host="another-node", pid=dead)
+    untagged = running(host=host)
+    assert sorted(mark_stale_runs_killed(client, exp_id)) == sorted([gone, reused])
+    status = {r: client.get_run(r).info.status for r in (gone, reused, alive, elsewhere, untagged)}
+    assert status == {
+        gone: "KILLED", reused: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING"
+    }  # fmt: skip
+    assert dead in client.get_run(gone).data.tags["killed_reason"]
+
+
+def test_store_lock_creates_the_folder_and_skips_other_stores(tmp_path) -> None:
+    with store_lock(f"sqlite:///{tmp_path}/new/mlflow.db"):
+        assert (tmp_path / "new" / "mlflow.db.lock").is_file()
+    with store_lock("http://127.0.0.1:5000"):
+        pass
+
+
+def test_sweep_id_is_fixed_within_a_config_and_new_for_the_next() -> None:
+    node = {"a": "${bifrepro.sweep_id:}", "b": "x_${bifrepro.sweep_id:}"}
+    cfg, other = OmegaConf.create(node), OmegaConf.create(node)
+    assert f"x_{cfg.a}" == cfg.b and cfg.a.startswith(f"{os.getpid()}-")
+    assert other.a != cfg.a
