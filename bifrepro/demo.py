@@ -4,7 +4,7 @@
 
 Fits least squares, samples the local posterior with SGLD, and compares the BIF covariance of
 every pair of training losses with the exact Gaussian-posterior value
-``Cov(l_i, l_j) = r_i r_j s_ij + ½ s_ij²`` (REFERENCE §1).
+``Cov(l_i, l_j) = r_i r_j s_ij + ½ s_ij²`` (see ``docs/science.md``).
 """
 
 from __future__ import annotations

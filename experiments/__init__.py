@@ -65,7 +65,10 @@ def run_or_exit(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) 
 
     A :class:`~bifrepro.config.ConfigError` (a bad key, value or path, found before any compute)
     prints one line naming the key, the value and what is allowed, and exits with status 2,
-    instead of a long traceback. Every other error propagates unchanged.
+    instead of a long traceback. Every other error propagates unchanged, and so does a
+    ConfigError inside a multirun job: Hydra then records the job as failed (the sweep's MLflow
+    parent run ends FAILED), runs the other jobs, and exits non-zero at the end; exiting from the
+    job would skip the other jobs and leave the parent run RUNNING.
     """
     import sys
 
@@ -74,5 +77,7 @@ def run_or_exit(run: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) 
     try:
         return run(cfg)
     except ConfigError as err:
+        if in_multirun():
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import math
 import os
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
+import bifrepro.tracking  # noqa: F401 - registers ${bifrepro.sweep_id:} of the sweep folders
 from bifrepro.config import (
     ConfigError,
     DeepLinearModelConfig,
     HierarchyDataConfig,
     ToyHierarchyConfig,
     TrackingConfig,
+    all_schemas,
     validate_config,
 )
 from bifrepro.sampling import SGLDConfig
+from bifrepro.validation import finite_numbers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 REPO = CONF.parent
@@ -139,6 +144,9 @@ def test_compose_time_errors_name_the_key(hydra_compose, override: str, key: str
         ("sampler.step_size=-1", "sampler.step_size"),
         ("sampler.preconditioner=adam", "sampler.preconditioner"),
         ("sampler.num_chains=0", "sampler.num_chains"),
+        ("sampler.rmsprop_eps=inf", "sampler.rmsprop_eps"),
+        ("sampler.localization=nan", "sampler.localization"),
+        ("experiment.lr=nan", "experiment.lr"),
         ("experiment.normalize=rank", "experiment.normalize"),
         ("experiment.num_checkpoints=1", "experiment.num_checkpoints"),
         ("experiment.first_checkpoint=5000", "experiment.first_checkpoint"),
@@ -164,8 +172,8 @@ def test_toy_run_fails_before_compute(hydra_compose, monkeypatch, tmp_path) -> N
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("compute started")
 
-    monkeypatch.setattr(toy, "_compute", boom)
-    monkeypatch.setattr(toy, "train_deep_linear_weighted", boom)
+    monkeypatch.setattr(toy, "run_toy_protocol", boom)  # training, leave-one-out and BIF
+    monkeypatch.setattr(toy, "DeepLinearNetwork", boom)
     base = [f"results_dir={tmp_path}", "tracking.enabled=false"]
     for override, key in [
         ("sampler.step_size=-1", "sampler.step_size"),
@@ -178,3 +186,62 @@ def test_toy_run_fails_before_compute(hydra_compose, monkeypatch, tmp_path) -> N
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             toy.run(hydra_compose([*base, override]))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _float_fields() -> list:
+    """(schema, field) of every float field of every registered schema and nested dataclass."""
+    found, seen = [], set()
+
+    def walk(cls: type) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        floats = [f.name for f in dataclasses.fields(cls) if "float" in str(f.type)]
+        try:
+            base = cls()
+        except (TypeError, ValueError):  # needs a value (TrackingConfig.uri): fine without floats
+            assert not floats, f"{cls.__name__} has float fields {floats} but no valid default"
+            return
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(getattr(base, f.name)):
+                walk(type(getattr(base, f.name)))
+        found.extend(pytest.param(cls, n, id=f"{cls.__name__}.{n}") for n in floats)
+
+    for _, _, schema in all_schemas():
+        walk(schema)
+    return found
+
+
+@pytest.mark.parametrize(("schema", "name"), _float_fields())
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+def test_every_float_setting_refuses_non_finite_values(schema: type, name: str, value) -> None:  # noqa: ANN001
+    """``sampler.rmsprop_eps=inf`` used to be accepted; every numeric field must be finite."""
+    base = schema()
+    bad = [value] if isinstance(getattr(base, name), list | tuple) else value
+    with pytest.raises(ValueError, match=rf"\b{name}="):
+        dataclasses.replace(base, **{name: bad})
+
+
+def test_finite_numbers_checks_floats_and_float_lists() -> None:
+    @dataclasses.dataclass
+    class Settings:
+        rate: float = 0.5
+        grid: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0])
+        count: int = 3
+        label: str | None = None
+
+    finite_numbers(Settings())
+    with pytest.raises(ValueError, match=r"Settings\.rate=inf is invalid: must be finite"):
+        finite_numbers(Settings(rate=math.inf))
+    with pytest.raises(ValueError, match=r"Settings\.grid=\[1\.0, nan\] is invalid"):
+        finite_numbers(Settings(grid=[1.0, math.nan]))
+
+
+def test_sweep_and_run_folders_are_unique_per_launch(hydra_compose) -> None:
+    """Two multiruns started in the same second used to share one sweep folder."""
+    first = hydra_compose(return_hydra_config=True).hydra
+    second = hydra_compose(return_hydra_config=True).hydra
+    assert first.sweep.dir != second.sweep.dir and first.run.dir != second.run.dir
+    suffix = f"_{os.getpid()}-"
+    assert suffix in first.sweep.dir and first.sweep.dir.startswith("multirun/toy_hierarchy/")
+    assert first.run.dir.split(suffix)[1] == first.sweep.dir.split(suffix)[1]  # one id per launch

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,11 +26,13 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bifrepro.config.toy_hierarchy import (
+    DeepLinearModelConfig,
+    HierarchyDataConfig,
+    ToyHierarchyConfig,
+)
 from bifrepro.sampling.config import SGLDConfig
 from bifrepro.validation import bad as _bad
-from bifrepro.validation import int_at_least as _int_at_least
-from bifrepro.validation import one_of as _one_of
-from bifrepro.validation import positive as _positive
 
 __all__ = [
     "ConfigError",
@@ -46,49 +49,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range (message names the key)."""
-
-
-@dataclass
-class HierarchyDataConfig:
-    """The Saxe–McClelland–Ganguli tree dataset (:mod:`bifrepro.data.hierarchy`)."""
-
-    #: Dataset name (recorded as the MLflow ``dataset`` tag).
-    name: str = "hierarchy"
-    #: Levels below the root (>= 1); there are branching**depth items.
-    depth: int = 3
-    #: Children per internal node (>= 2).
-    branching: int = 2
-    #: Item names, left to right (null: dog, cat, ... for the 2 x 3 tree, else item0, item1, ...).
-    item_names: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        _int_at_least(self, "depth", 1)
-        _int_at_least(self, "branching", 2)
-        if self.branching**self.depth > 4096:
-            _bad(self, "depth", f"branching**depth = {self.branching**self.depth} items (max 4096)")
-        if self.item_names is not None:
-            n = self.branching**self.depth
-            if len(self.item_names) != n or len(set(self.item_names)) != n:
-                _bad(self, "item_names", f"needs {n} distinct names")
-
-
-@dataclass
-class DeepLinearModelConfig:
-    """Bias-free deep linear network (:class:`bifrepro.models.linear.DeepLinearNetwork`)."""
-
-    #: Model name (recorded as a tag).
-    name: str = "deep_linear"
-    #: Width of every hidden layer.
-    hidden: int = 16
-    #: Number of weight matrices (2 = one hidden layer).
-    num_layers: int = 2
-    #: Standard deviation of the initial weights (small => stagewise learning).
-    init_scale: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _int_at_least(self, "hidden", 1)
-        _int_at_least(self, "num_layers", 1)
-        _positive(self, "init_scale")
 
 
 @dataclass
@@ -119,63 +79,6 @@ class TrackingConfig:
                 _bad(self, "experiment_name", "must not be empty")
 
 
-_NORMALIZE = ("covariance", "correlation")
-
-
-@dataclass
-class ToyHierarchyConfig:
-    """Settings of ``experiments/toy_hierarchy.py`` (training, checkpoints, figures, metrics)."""
-
-    #: Experiment name: results go to results_dir/<name>/, MLflow experiment of the same name.
-    name: str = "toy_hierarchy"
-    #: Full-batch gradient descent learning rate.
-    lr: float = 0.1
-    #: Number of gradient descent steps.
-    steps: int = 3000
-    #: Number of log-spaced checkpoints (BIF, analytic and leave-one-out at each).
-    num_checkpoints: int = 24
-    #: First checkpoint step (the grid runs log-spaced from here to ``steps``).
-    first_checkpoint: int = 40
-    #: BIF estimator shown in the figures: "covariance" (+Cov, same units as the analytic
-    #: prediction) or "correlation" (Pearson). Both are computed and reported.
-    normalize: str = "covariance"
-    #: Source item of the influence-curve figure (null: the first item).
-    focus_item: str | None = None
-    #: Target items of that figure (null: one per depth of common ancestor, closest first).
-    focus_targets: list[str] | None = None
-    #: Steps for the influence-matrix figure (null: chosen around the mode transitions).
-    matrix_steps: list[int] | None = None
-    #: Checkpoints where |leave-one-out| < sign_tolerance x its peak are skipped in sign agreement.
-    sign_tolerance: float = 0.05
-    #: A curve "flips sign" if both its max and -min exceed flip_threshold x max |curve|.
-    flip_threshold: float = 0.2
-    #: Output folder for figures and tables (null: results_dir/<name>, or the Hydra job folder
-    #: inside a multirun so that sweep jobs do not overwrite each other).
-    output_dir: str | None = None
-    #: Torch device for the BIF sampling ("cpu", "cuda", ...).
-    device: str = "cpu"
-    #: Progress bars (null: only on a terminal).
-    progress: bool | None = None
-
-    def __post_init__(self) -> None:
-        _positive(self, "lr")
-        _int_at_least(self, "steps", 1)
-        _int_at_least(self, "num_checkpoints", 2)
-        _int_at_least(self, "first_checkpoint", 1)
-        if self.first_checkpoint > self.steps:
-            _bad(self, "first_checkpoint", f"must be <= steps ({self.steps})")
-        _one_of(self, "normalize", _NORMALIZE)
-        for name in ("sign_tolerance", "flip_threshold"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or not 0 <= v < 1:
-                _bad(self, name, "must be in [0, 1)")
-        if self.matrix_steps is not None:
-            if not self.matrix_steps or any(s < 0 or s > self.steps for s in self.matrix_steps):
-                _bad(
-                    self, "matrix_steps", f"must be a non-empty list of steps in [0, {self.steps}]"
-                )
-
-
 @dataclass
 class ValidatedConfig:
     """Every group of a composed config as its validated dataclass (or plain container)."""
@@ -193,11 +96,8 @@ class ValidatedConfig:
 
 #: (group, option name, schema) stored in the ConfigStore as ``<group>/<name>_schema``.
 SCHEMAS: tuple[tuple[str, str, type], ...] = (
-    ("data", "hierarchy", HierarchyDataConfig),
-    ("model", "deep_linear", DeepLinearModelConfig),
     ("sampler", "sgld", SGLDConfig),
     ("tracking", "mlflow", TrackingConfig),
-    ("experiment_schema", "toy_hierarchy", ToyHierarchyConfig),
 )
 
 
@@ -257,6 +157,26 @@ def _rename(message: str, schema: type, key: str) -> str:
     return message.replace(f"{schema.__name__}.", f"{key}.")
 
 
+def _require_finite(value: Any, path: str) -> None:
+    """Every float under ``value`` (dataclass fields, dict values, list items) is finite.
+
+    Schemas check their own ranges; this one walk makes sure no numeric field of any schema,
+    however nested, accepts ``nan`` or ``inf`` (``sampler.rmsprop_eps=inf`` is refused here).
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}={value!r} is invalid: must be finite (not nan or inf)")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _require_finite(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _require_finite(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _require_finite(v, f"{path}[{i}]")
+
+
 def validate_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> ValidatedConfig:
     """Resolve and check a composed config; raise :class:`ConfigError` naming the first bad key.
 
@@ -298,6 +218,6 @@ def validate_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> V
             if schema is not None and dataclasses.is_dataclass(schema):
                 msg = _rename(msg, schema, key)
             raise ConfigError(msg) from err
+        _require_finite(obj, key)
         out[key] = obj
     return ValidatedConfig(seed=int(seed), results_dir=Path(results_dir), groups=out)
-

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["Hierarchy", "make_hierarchy", "DEFAULT_ITEM_NAMES", "DEFAULT_NODE_NAMES"]
+__all__ = [
+    "Hierarchy",
+    "make_hierarchy",
+    "focus_items",
+    "DEFAULT_ITEM_NAMES",
+    "DEFAULT_NODE_NAMES",
+]
 
 #: Item names of the default binary tree of depth 3 (left to right).
 DEFAULT_ITEM_NAMES: tuple[str, ...] = (
@@ -132,6 +138,37 @@ class Hierarchy:
         if i == j:
             raise ValueError("an item is not separated from itself")
         return self.common_ancestor_depth(i, j) + 1
+
+
+def focus_items(
+    h: Hierarchy, item: str | int | None, targets: list[str] | None
+) -> tuple[int, list[int]]:
+    """Source item and target items of an influence-curve figure, as indices.
+
+    ``item`` null: the first item; ``targets`` null: one target per depth of common ancestor,
+    closest first. Raises ``ValueError`` for an unknown name, an empty target list or a target
+    equal to the source.
+    """
+    try:
+        src = h.item_index(item) if item is not None else 0
+        if targets is not None:
+            chosen = [h.item_index(t) for t in targets]
+        else:
+            chosen = []
+            for d in range(h.depth - 1, -1, -1):
+                js = [
+                    j
+                    for j in range(h.num_items)
+                    if j != src and h.common_ancestor_depth(src, j) == d
+                ]
+                chosen.extend(js[:1])
+    except KeyError as err:
+        raise ValueError(err.args[0]) from err
+    if src in chosen:
+        raise ValueError("the targets must not contain the focus item itself")
+    if not chosen:
+        raise ValueError("the target list is empty")
+    return src, chosen
 
 
 def _helmert(b: int) -> torch.Tensor:

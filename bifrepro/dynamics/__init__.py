@@ -1,7 +1,7 @@
 """Influence over training: checkpoints, leave-one-out ground truth, mode analysis, curve metrics.
 
 Reusable by every time-resolved experiment (the toy hierarchy, the language-model stages):
-:func:`bif_over_checkpoints` runs the BIF core at each checkpoint, :mod:`~bifrepro.dynamics.loo`
+:func:`bif_over_checkpoints` runs the BIF pipeline at each checkpoint, :mod:`~bifrepro.dynamics.loo`
 turns retrained losses into ground-truth influence, :mod:`~bifrepro.dynamics.metrics` compares
 curves, and :mod:`~bifrepro.dynamics.modes` holds the deep-linear-network theory.
 """

@@ -1,15 +1,16 @@
 """Time-resolved BIF: the local posterior at each training checkpoint, influence at each.
 
-For every checkpoint ``w*_t`` the BIF core samples SGLD chains localised at ``w*_t`` and scores
-every (query, train) pair from the recorded losses. Both normalisations come out of the same draws
-(covariance is the paper's BIF up to sign; correlation is what ranks best), with the chain-health
-verdict of every checkpoint, so a curve over training can say where it can be trusted.
+For every checkpoint ``w*_t`` the BIF pipeline (:mod:`bifrepro.attribution.bif_pipeline`) samples
+SGLD chains localised at ``w*_t`` and scores every (query, train) pair from the recorded losses.
+Both normalisations come out of the same draws (covariance is the paper's BIF up to sign;
+correlation is what ranks best), with the chain-health verdict of every checkpoint, so a curve
+over training can say where it can be trusted. A sampler that diverges at any checkpoint fails the
+whole call: a curve with NaN holes is not a result.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -22,15 +23,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bifrepro.attribution import bif_scores
-from bifrepro.sampling import (
-    ChainDriftWarning,
-    LossFn,
-    SamplerDivergedError,
-    SGLDConfig,
-    run_health,
-    sample_loss_traces,
-)
+from bifrepro.attribution.bif_pipeline import run_bif
+from bifrepro.sampling import ChainDriftWarning, LossFn, SGLDConfig
 
 __all__ = ["CheckpointBIF", "bif_over_checkpoints"]
 
@@ -45,9 +39,9 @@ class CheckpointBIF:
         steps: training step of each checkpoint.
         covariance: ``[T, n_query, n_train]`` ``+Cov`` scores (positive = helpful).
         correlation: ``[T, n_query, n_train]`` Pearson scores.
-        healthy: chain-health verdict per checkpoint (False also when the sampler diverged).
+        healthy: chain-health verdict per checkpoint.
         summaries: one-line chain summary per checkpoint.
-        chain_metrics: flat diagnostics per checkpoint (empty after a divergence).
+        chain_metrics: flat diagnostics per checkpoint (``chain/*``, ``health/*``, ``detrend/*``).
         draws: draws per checkpoint (chains x draws).
     """
 
@@ -84,6 +78,9 @@ def bif_over_checkpoints(
 ) -> CheckpointBIF:
     """Sample the local posterior at each checkpoint and score query x train influence.
 
+    Each checkpoint is one run of the BIF pipeline
+    (:func:`bifrepro.attribution.bif_pipeline.run_bif`).
+
     Args:
         model: architecture to load each checkpoint's ``state_dict`` into (modified in place).
         checkpoints: ``(step, state_dict)`` pairs in training order.
@@ -93,11 +90,13 @@ def bif_over_checkpoints(
         query_data: queries; ``None`` scores the training set against itself.
         trace_dir: keep each checkpoint's traces under ``trace_dir/step_<step>`` (resumable).
         progress: tqdm bar over checkpoints (``None``: only on a terminal).
+
+    Raises:
+        SamplerDivergedError: the sampler diverged at a checkpoint. A curve with a hole is not a
+            result: lower the step size (or calibrate it) and rerun.
     """
-    observables: dict[str, Dataset] = {"train": train_data}
-    if query_data is not None:
-        observables["query"] = query_data
-    qname = "query" if query_data is not None else "train"
+    train = (train_data, loss_fn)
+    query = None if query_data is None else (query_data, loss_fn)
     cov_rows, corr_rows, healthy, summaries, metrics = [], [], [], [], []
     steps = [int(s) for s, _ in checkpoints]
     disable = None if progress is None else not progress
@@ -105,41 +104,25 @@ def bif_over_checkpoints(
         for step, state in tqdm(checkpoints, desc="BIF per checkpoint", disable=disable):
             model.load_state_dict(state)
             out_dir = None if trace_dir is None else Path(trace_dir) / f"step_{int(step)}"
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ChainDriftWarning)
-                try:
-                    traces = sample_loss_traces(
-                        model,
-                        loss_fn,
-                        train_data,
-                        observables,
-                        config,
-                        out_dir=out_dir,
-                        progress=False,
-                    )
-                except SamplerDivergedError as err:
-                    log.warning("step %d: sampler diverged (%s); scores set to NaN", step, err)
-                    n_q = len(observables[qname])  # type: ignore[arg-type]
-                    n_t = len(train_data)  # type: ignore[arg-type]
-                    nan = torch.full((n_q, n_t), math.nan)
-                    cov_rows.append(nan)
-                    corr_rows.append(nan.clone())
-                    healthy.append(False)
-                    summaries.append(f"diverged: {err}")
-                    metrics.append({})
-                    continue
-            for w in caught:
-                if not issubclass(w.category, ChainDriftWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            # core diagnostics, every rule of bifrepro.sampling.health and the detrending effect
-            num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            health = run_health(traces, num_params, query=qname)
-            cov_rows.append(bif_scores(traces[qname], traces["train"], normalize="covariance"))
-            corr_rows.append(bif_scores(traces[qname], traces["train"], normalize="correlation"))
-            healthy.append(health.healthy)
-            summaries.append(health.summary)
-            metrics.append(health.metrics)
-            log.debug("step %d: %s", step, health.summary)
+            with warnings.catch_warnings():
+                # drift is judged per checkpoint (``healthy``, ``chain_metrics``), not warned about
+                warnings.simplefilter("ignore", ChainDriftWarning)
+                run = run_bif(
+                    model,
+                    loss_fn,
+                    train_data,
+                    train,
+                    query,
+                    config=config,
+                    out_dir=out_dir,
+                    progress=False,
+                )
+            cov_rows.append(run.scores("covariance"))
+            corr_rows.append(run.scores("correlation"))
+            healthy.append(run.health.healthy)
+            summaries.append(run.health.summary)
+            metrics.append(run.health.metrics)
+            log.debug("step %d: %s", step, run.health.summary)
     return CheckpointBIF(
         steps=steps,
         covariance=torch.stack(cov_rows),

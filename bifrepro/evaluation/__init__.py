@@ -4,7 +4,13 @@
   bootstrap confidence interval.
 * :mod:`bifrepro.evaluation.retrain`: retraining on subsets with an on-disk cache of query outputs
   (resumable; process-pool parallel; Hydra/SLURM sweep-friendly).
-* :mod:`bifrepro.evaluation.cost`: wall time and memory of attribution methods over size grids.
+* :mod:`bifrepro.evaluation.lds_protocol`: the LDS experiment's problem (data, retrainer, cache,
+  subset masks), retrained outputs, the full-data model ``w*`` and the retraining stage.
+* :mod:`bifrepro.evaluation.lds_methods`: every method's scores at ``w*``, cached by settings.
+* :mod:`bifrepro.evaluation.lds_tables`: LDS per method and α, paired differences, BIF's LDS
+  against the number of draws, time to equal LDS, costs.
+* :mod:`bifrepro.evaluation.cost`: timing one method, log-log slopes, the additive cost model.
+* :mod:`bifrepro.evaluation.cost_grids`: the compute experiment's grids, slopes and crossover.
 """
 
 from bifrepro.evaluation.lds import (

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from bifrepro.training import TrainConfig
+from bifrepro.validation import finite_numbers
 
 __all__ = ["ResNet9", "ResNet9Config"]
 
@@ -45,6 +46,7 @@ class ResNet9Config:
     cache: bool = True
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         if not isinstance(self.width, int) or isinstance(self.width, bool) or self.width < 1:
             raise ValueError(f"ResNet9Config.width={self.width!r} is invalid: must be >= 1")
         if not self.scale > 0:

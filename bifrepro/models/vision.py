@@ -28,12 +28,15 @@ from bifrepro.io import atomic_torch_save
 from bifrepro.models.small import SmallCNN, count_parameters
 from bifrepro.training import TrainConfig, accuracy, train_model
 from bifrepro.validation import bad as _bad
+from bifrepro.validation import finite_numbers
 
 __all__ = [
     "GoogLeNetConfig",
     "SmallCNNConfig",
     "build_googlenet",
+    "load_googlenet_weights",
     "load_state_dict_file",
+    "WeightsFileError",
     "trained_small_cnn",
     "describe_model",
     "linear_conv_layers",
@@ -87,6 +90,7 @@ class SmallCNNConfig:
     cache: bool = True
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         for name in ("width", "hidden", "pool_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -105,24 +109,56 @@ class SmallCNNConfig:
         )
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+class WeightsFileError(ValueError):
+    """A model weights file is missing or is not a readable state dict (names key and file)."""
+
+
+def load_state_dict_file(
+    path: str | Path, key: str = "model.weights_path"
+) -> dict[str, torch.Tensor]:
     """Tensors of a state-dict file (plain, or wrapped in ``{"state_dict": ...}``/``{"model": ...}``).
 
     Loaded with ``weights_only=True`` (no pickled code runs); a ``module.`` prefix left by
-    ``DataParallel`` is stripped.
+    ``DataParallel`` is stripped. A missing, corrupt or non-tensor file raises
+    :class:`WeightsFileError` naming the config ``key`` and the file (torch's own message, which
+    suggests an unsafe workaround for files that are not plain tensors, is not passed on).
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"model weights file {p} does not exist")
-    obj = torch.load(p, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+        raise WeightsFileError(f"{key}={str(path)!r} is invalid: the file {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many types for an unreadable file
+        raise WeightsFileError(
+            f"{key}={str(path)!r} is invalid: {p} is not a readable PyTorch state-dict file "
+            "(corrupt, truncated, or not a torch.save of tensors only)"
+        ) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{p} does not hold a state dict (a mapping of parameter names to tensors)"
+        raise WeightsFileError(
+            f"{key}={str(path)!r} is invalid: {p} does not hold a state dict (a mapping of "
+            "parameter names to tensors)"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_googlenet_weights(cfg: GoogLeNetConfig) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``cfg.weights_path`` without auxiliary heads (``None`` if unset).
+
+    Cheap next to an ImageNet folder scan: experiments call it first, so a bad file fails fast.
+    """
+    if not cfg.weights_path:
+        return None
+    state = load_state_dict_file(cfg.weights_path)
+    state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+    if "fc.weight" not in state:
+        raise WeightsFileError(
+            f"model.weights_path={cfg.weights_path!r} is invalid: not a GoogLeNet state dict "
+            "(no fc.weight)"
+        )
+    return state
 
 
 def _weights_enum(name: str) -> Any:
@@ -138,16 +174,20 @@ def _weights_enum(name: str) -> Any:
         ) from None
 
 
-def build_googlenet(cfg: GoogLeNetConfig | None = None) -> nn.Module:
-    """GoogLeNet in eval mode, without auxiliary heads (see the module docstring)."""
+def build_googlenet(
+    cfg: GoogLeNetConfig | None = None, state: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """GoogLeNet in eval mode, without auxiliary heads (see the module docstring).
+
+    ``state``: the weights of ``cfg.weights_path`` if already loaded
+    (:func:`load_googlenet_weights`); read from the file otherwise.
+    """
     from torchvision.models import googlenet
 
     cfg = cfg or GoogLeNetConfig()
     if cfg.weights_path:
-        state = load_state_dict_file(cfg.weights_path)
-        state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
-        if "fc.weight" not in state:
-            raise ValueError(f"{cfg.weights_path} is not a GoogLeNet state dict (no fc.weight)")
+        state = state if state is not None else load_googlenet_weights(cfg)
+        assert state is not None
         transform = True if cfg.transform_input is None else cfg.transform_input
         model = googlenet(
             weights=None,

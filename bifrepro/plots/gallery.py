@@ -10,7 +10,7 @@ agreement is visible at a glance. Images are un-normalised before plotting.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,10 +18,12 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
+from bifrepro.data.imagenet import InfluencePool
 from bifrepro.evaluation.agreement import topk_indices
+from bifrepro.evaluation.gallery import DISPLAY_NAMES, MethodResult
 from bifrepro.plots.style import ESTIMATOR_COLORS, house_style, new_figure
 
-__all__ = ["GalleryMethod", "plot_gallery", "plot_agreement", "format_value"]
+__all__ = ["GalleryMethod", "plot_gallery", "plot_agreement", "format_value", "gallery_figures"]
 
 MATCH_COLOR = "#1a7f37"
 MISMATCH_COLOR = "#c62828"
@@ -194,3 +196,59 @@ def plot_agreement(table: pd.DataFrame, title: str = "") -> Figure:
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
+
+
+def gallery_figures(
+    pool: InfluencePool,
+    results: Mapping[str, MethodResult],
+    table: pd.DataFrame,
+    *,
+    normalize: str,
+    gallery_k: int,
+    confidence: float,
+    title: str,
+) -> dict[str, Figure]:
+    """The gallery experiment's figures, keyed by file name: the helpful and harmful galleries
+    (BIF beside EK-FAC, with their mean label agreement in the title) and the agreement plot."""
+    gallery_methods = [
+        GalleryMethod(
+            "BIF",
+            results["bif"].scores,
+            "Corr" if normalize == "correlation" else "Cov",
+            results["bif"].note,
+        ),
+        GalleryMethod("EK-FAC", results["ekfac"].scores, "Score", results["ekfac"].note),
+    ]
+    figures = {}
+    for direction in ("helpful", "harmful"):
+        sub = table[(table.direction == direction) & (table.k == gallery_k)]
+        agree = ", ".join(
+            f"{DISPLAY_NAMES[r.method]} {r.agreement:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+            for r in sub.itertuples()
+            if r.method in ("bif", "ekfac")
+        )
+        what = "Most helpful" if direction == "helpful" else "Most harmful (most negative)"
+        full = (
+            f"{what} training images · {title}\n"
+            f"share of the top-{gallery_k} with the query's label, mean over {pool.n_query} "
+            f"queries ({round(100 * confidence)}% CI): {agree}"
+        )
+        figures[f"gallery_{direction}.png"] = plot_gallery(
+            gallery_methods,
+            pool.queries,
+            pool.gallery,
+            pool.query_labels,
+            pool.pool,
+            pool.pool_labels,
+            pool.label,
+            pool.unnormalize,
+            k=gallery_k,
+            direction=direction,
+            title=full,
+        )
+    names = {m: DISPLAY_NAMES[m] for m in results}
+    figures["label_agreement.png"] = plot_agreement(
+        table.assign(method=table.method.map(names)),
+        title=f"Top-k label agreement · {title}",
+    )
+    return figures

@@ -16,14 +16,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from bifrepro.data.token_classes import TOKEN_CLASSES
+from bifrepro.dynamics.stagewise_merge import StagewiseMerge
 from bifrepro.plots.style import (
     DIVERGING_CMAP,
     ESTIMATOR_COLORS,
     LEVEL_COLORS,
+    health_note,
     house_style,
     mark_transitions,
     new_figure,
 )
+from bifrepro.sampling import SGLDConfig
 
 __all__ = [
     "INDUCTION_COLOR",
@@ -31,6 +35,8 @@ __all__ = [
     "plot_class_influence",
     "plot_token_pairs",
     "plot_class_matrices",
+    "figure_notes",
+    "stagewise_figures",
 ]
 
 #: Colour of the induction-score curve in every figure.
@@ -310,3 +316,61 @@ def plot_class_matrices(
             cb.set_label("mean influence (red = helpful)")
         fig.suptitle(title)
     return fig
+
+
+def figure_notes(
+    healthy: np.ndarray, sampler: SGLDConfig, estimator: str, calibration: str | None = None
+) -> tuple[str, str]:
+    """Title fragments: the BIF estimator, draws and chain health; the sampler's settings (both
+    followed by the ``calibration`` note, if any)."""
+    draws = sampler.num_chains * sampler.num_draws
+    note = health_note(int(healthy.sum()), len(healthy), draws, estimator)
+    sampler_note = (
+        f"SGLD ε={sampler.step_size:g}, nβ={sampler.nbeta:g}, γ={sampler.localization:g}, "
+        f"{sampler.preconditioner}"
+    )
+    if calibration is not None:
+        note, sampler_note = f"{note}; {calibration}", f"{sampler_note}; {calibration}"
+    return note, sampler_note
+
+
+def stagewise_figures(
+    m: StagewiseMerge,
+    model_desc: str,
+    notes: tuple[str, str],
+    estimator: str,
+    num_queries: int,
+    num_observed: int,
+) -> dict[str, Figure]:
+    """The four figures of a merged run (fig3 only when some token pair changes sign)."""
+    note, sampler_note = notes
+    names, steps, marks, ind = list(TOKEN_CLASSES), m.steps, m.marks, m.induction
+    ylabel = "mean corr." if estimator == "correlation" else "mean +cov"
+    figures = {
+        "fig1_stages.png": plot_stages(
+            m.loss_steps, m.loss_curve, steps, ind, m.first_copy_loss, m.second_copy_loss, marks,
+            eval_loss=m.query_loss, llc=m.llc, llc_se=m.llc_se,
+            title=f"Stages of {model_desc}\nloss, induction probe, LLC ({sampler_note})",
+        ),
+        "fig2_class_influence.png": plot_class_influence(
+            steps, m.class_mean, m.class_se, names, marks, ind, m.healthy, ylabel=ylabel,
+            title=f"Per-token influence aggregated by token class (+ = helpful)\n{note}; "
+            f"{num_queries} query x {num_observed} training sequences",
+        ),
+    }  # fmt: skip
+    if m.pairs.titles:
+        figures["fig3_token_pairs.png"] = plot_token_pairs(
+            m.pairs.steps, m.pairs.curves, m.pairs.titles, marks, ind, m.healthy,
+            ylabel=ylabel.replace("mean ", ""),
+            title=f"Token pairs whose influence changes sign over training\n{note}",
+        )  # fmt: skip
+    idx = m.matrix_index
+    tags = {m.after: " (after)", m.before: " (before)"}  # before wins if they coincide
+    trans = m.transition
+    figures["fig4_class_matrices.png"] = plot_class_matrices(
+        [steps[i] for i in idx], m.class_mean[idx], names,
+        title=f"Class x class influence at key checkpoints (induction transition: onset "
+        f"{trans.onset:.0f}, end {trans.end:.0f})\n{note}",
+        panel_labels=[tags.get(i, "") for i in idx],
+    )  # fmt: skip
+    return figures

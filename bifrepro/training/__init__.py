@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bifrepro.data.batches import to_device
+from bifrepro.validation import finite_numbers
 
 __all__ = ["TrainConfig", "train_model", "classification_loss", "accuracy"]
 
@@ -42,6 +43,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        finite_numbers(self)
         if self.epochs < 1:
             raise ValueError(f"TrainConfig.epochs={self.epochs} must be >= 1")
         if self.batch_size < 1:

@@ -91,3 +91,19 @@ def test_dataset_and_item_lookup() -> None:
     assert h.item_index("c") == 2 and h.item_index(5) == 5
     with pytest.raises(KeyError, match="unknown item"):
         h.item_index("dog")
+
+
+def test_focus_items_default_one_target_per_ancestor_depth() -> None:
+    from bifrepro.data.hierarchy import focus_items
+
+    h = make_hierarchy()
+    # dog: cat (mammal), sparrow (animal), rose (living thing), closest first
+    assert focus_items(h, None, None) == (0, [1, 2, 4])
+    assert focus_items(h, "rose", ["oak", "dog"]) == (4, [6, 0])
+    for item, targets, match in (
+        ("unicorn", None, "unicorn"),
+        ("dog", ["dog"], "focus item itself"),
+        ("dog", [], "empty"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            focus_items(h, item, targets)

@@ -1,8 +1,7 @@
-"""BIF over checkpoints: one BIF-core call per checkpoint, both normalisations, health recorded."""
+"""BIF over checkpoints: one BIF-pipeline run per checkpoint, both normalisations, health recorded;
+a diverged sampler fails the call."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from bifrepro.attribution import bif_scores
 from bifrepro.data.hierarchy import make_hierarchy
 from bifrepro.dynamics import bif_over_checkpoints
 from bifrepro.models.linear import DeepLinearNetwork, per_item_squared_error
-from bifrepro.sampling import SGLDConfig, sample_loss_traces
+from bifrepro.sampling import SamplerDivergedError, SGLDConfig, run_health, sample_loss_traces
 
 
 def _cfg(**kw) -> SGLDConfig:
@@ -62,7 +61,8 @@ def test_matches_direct_core_calls() -> None:
         progress=False,
     )
     ref = bif_scores(traces["train"], traces["train"], normalize="covariance")
-    assert torch.allclose(out.covariance[1], ref)
+    assert torch.equal(out.covariance[1], ref)
+    assert out.chain_metrics[1] == run_health(traces, query="train").metrics
     assert torch.allclose(out.covariance[1], out.covariance[1].T, atol=1e-9)  # train vs itself
     assert torch.diagonal(out.correlation[1]).tolist() == pytest.approx([1.0] * 8, abs=1e-5)
     assert out.scores("correlation") is out.correlation
@@ -70,15 +70,16 @@ def test_matches_direct_core_calls() -> None:
         out.scores("rank")
 
 
-def test_divergence_gives_nan_and_unhealthy() -> None:
+def test_divergence_fails_the_run() -> None:
+    """A diverged chain at any checkpoint raises: no curve with NaN holes, no results written."""
     h = make_hierarchy()
     net = DeepLinearNetwork(
         8, 15, hidden=8, init_scale=0.3, generator=torch.Generator().manual_seed(0)
     )
+    healthy_state = (5, {k: v.clone() for k, v in net.state_dict().items()})
     cfg = _cfg(step_size=1.0, localization=0.0, nbeta=1e4, divergence_factor=2.0)
-    out = bif_over_checkpoints(
-        net, [(5, net.state_dict())], per_item_squared_error, h.dataset(), cfg, progress=False
-    )
-    assert out.healthy == [False]
-    assert out.summaries[0].startswith("diverged")
-    assert math.isnan(out.covariance[0, 0, 0].item())
+    with pytest.raises(SamplerDivergedError, match="diverged"):
+        bif_over_checkpoints(
+            net, [healthy_state, healthy_state], per_item_squared_error, h.dataset(), cfg,
+            progress=False,
+        )  # fmt: skip

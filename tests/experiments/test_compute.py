@@ -5,18 +5,11 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
 import experiments.compute as compute
 from bifrepro.config import ConfigError
-from bifrepro.evaluation.cost import (
-    AdditiveCost,
-    crossover_queries,
-    fit_additive_cost,
-    loglog_slope,
-)
 from tests.experiments.test_lds import TINY, tiny_lds  # noqa: F401 - shared fixture
 
 GRIDS = [
@@ -97,6 +90,51 @@ def test_run_writes_tables_figures_and_mlflow(
     assert runs.iloc[0]["metrics.ratio/time_GradSim_over_BIF"] == pytest.approx(
         metrics["ratio/time_GradSim_over_BIF"]
     )
+    from bifrepro.tracking import get_client
+
+    figures = get_client(mlflow_uri).list_artifacts(runs.iloc[0]["run_id"], "figures")
+    assert {a.path for a in figures} == {
+        "figures/cost_scaling.png",
+        "figures/time_to_equal_lds.png",
+    }
+
+
+def test_failed_run_leaves_the_results_and_fails_mlflow(
+    tiny_lds,  # noqa: F811 - its caches serve the LDS step
+    hydra_compose,
+    mlflow_uri,
+    search_runs,
+    monkeypatch,
+) -> None:
+    """A sampler failure after the grids fails the run; the previous result set stays whole."""
+    from bifrepro.sampling.diagnostics import SamplerDivergedError
+
+    results, _ = tiny_lds
+    out = results / "compute_failed"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+
+    def diverge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SamplerDivergedError("SGLD diverged (simulated)")
+
+    monkeypatch.setattr(compute, "time_to_equal_lds", diverge)
+    overrides = [o for o in TINY if o != "experiment=lds"] + GRIDS
+    cfg = hydra_compose(
+        [
+            *overrides,
+            "compute.width_grid=[]",
+            "compute.draws_grid=[]",
+            f"compute.output_dir={out}",
+            f"results_dir={results}",
+            f"tracking.uri={mlflow_uri}",
+        ]
+    )
+    with pytest.raises(SamplerDivergedError):
+        compute.run(cfg)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == "{}"
+    runs = search_runs("compute")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"
 
 
 def test_bad_grid_is_refused(hydra_compose, tmp_path) -> None:
@@ -111,22 +149,3 @@ def test_bad_grid_is_refused(hydra_compose, tmp_path) -> None:
     with pytest.raises(ConfigError, match="sampler=auto"):
         compute.run(cfg)
     assert not (tmp_path / "compute").exists()
-
-
-def test_cost_models_recover_known_laws() -> None:
-    # an n-grid, a q-grid and a diagonal (a cross alone cannot separate c_nq from c_n and c_q)
-    n = np.array([100, 200, 400, 800, 100, 100, 100, 200, 400], dtype=float)
-    q = np.array([10, 10, 10, 10, 20, 40, 80, 20, 40], dtype=float)
-    bif = 0.5 + 0.01 * (n + q)  # draws x (n + q)
-    ekfac = 2.0 + 0.001 * n + 0.0004 * n * q  # fit + n q score
-    fb, fe = fit_additive_cost(n, q, bif), fit_additive_cost(n, q, ekfac)
-    assert fb.c_n == pytest.approx(0.01, rel=1e-3) and fb.c_nq == pytest.approx(0, abs=1e-9)
-    assert fe.c_nq == pytest.approx(0.0004, rel=1e-3)
-    # at n = 100: BIF 1.5 + 0.01 q, EK-FAC 2.1 + 0.04 q: BIF is cheaper from the first query
-    assert crossover_queries(fb, fe, 100) == 1.0
-    # at n = 1000: BIF 10.5 + 0.01 q, EK-FAC 3 + 0.4 q: equal at q = 7.5 / 0.39
-    assert crossover_queries(fb, fe, 1000) == pytest.approx(7.5 / 0.39)
-    assert crossover_queries(AdditiveCost(1, 0, 1, 0), AdditiveCost(0, 0, 0.5, 0), 10) == math.inf
-    slope, _ = loglog_slope([1, 10, 100], [3, 30, 300])
-    assert slope == pytest.approx(1.0)
-    assert math.isnan(loglog_slope([5, 5], [1, 2])[0])

@@ -178,3 +178,49 @@ def test_bad_settings_fail_before_any_compute(hydra_compose, tmp_path, no_imagen
         imagenet.run(cfg)
     assert not (tmp_path / "imagenet").exists()
     assert not Path(tmp_path / "cache").exists()
+
+
+def test_a_corrupt_weights_file_fails_before_the_image_folder_scan(
+    hydra_compose, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bifrepro.data.imagenet as imagenet_data
+
+    root = make_image_folder(tmp_path / "imagenet", train_per_class=2, val_per_class=1)
+    monkeypatch.setenv(IMAGENET_ROOT_ENV, str(root))
+
+    def no_scan(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the ImageFolder scan started before the weights were checked")
+
+    monkeypatch.setattr(imagenet_data, "image_folder", no_scan)
+    garbage = tmp_path / "googlenet-1378be20.pth"
+    garbage.write_bytes(b"\x80\x02}q\x00garbage" * 50)
+    base = [*TINY_REAL, f"results_dir={tmp_path}", "tracking.enabled=false"]
+    with pytest.raises(ConfigError, match=r"model\.weights_path=") as info:
+        imagenet.run(hydra_compose([*base, f"model.weights_path={garbage}"]))
+    message = str(info.value)
+    assert str(garbage) in message and "weights_only" not in message
+    assert "Unpickling" not in message and info.value.__cause__ is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        imagenet.run(hydra_compose([*base, f"model.weights_path={tmp_path / 'none.pth'}"]))
+    assert not (tmp_path / "imagenet" / "imagenet").exists()
+
+
+def test_a_diverged_sampler_fails_the_run_and_keeps_the_old_results(
+    hydra_compose, mlflow_uri, search_runs, tmp_path, no_imagenet, monkeypatch
+) -> None:
+    from bifrepro.sampling import SamplerDivergedError
+
+    def diverge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise SamplerDivergedError("chain 0 diverged at step 3")
+
+    monkeypatch.setattr(imagenet, "run_gallery_bif", diverge)
+    out = tmp_path / "imagenet" / "digits"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"old": true}')
+    cfg = hydra_compose([*TINY_STANDIN, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    with pytest.raises(SamplerDivergedError):
+        imagenet.run(cfg)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+    assert json.loads((out / "metrics.json").read_text()) == {"old": True}
+    assert not list(out.parent.glob(".*staging"))
+    assert search_runs("imagenet").iloc[0]["status"] == "FAILED"

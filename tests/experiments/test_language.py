@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,7 +12,6 @@ import experiments.language as lang
 from bifrepro.config import ConfigError
 from bifrepro.data.tokenizer import train_bpe_tokenizer
 from bifrepro.models.lm import CausalLMConfig, build_small_lm
-from bifrepro.plots.tokens import TokenPanel, TokenRow, plot_token_panels, token_panels_html
 from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
 
 
@@ -55,8 +53,14 @@ def test_run_writes_figures_tables_and_mlflow(
     hydra_compose, mlflow_uri, search_runs, tmp_path
 ) -> None:
     cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
-    metrics = lang.run(cfg)
     out = tmp_path / "language"
+    out.mkdir()
+    (out / "devinterp_comparison.csv").write_text("bench\n")  # bench/bench_devinterp.py's
+    (out / "stale.png").write_text("an older result set")
+    metrics = lang.run(cfg)
+    # the new set replaced the old one whole, keeping the benchmark's files
+    assert not (out / "stale.png").exists()
+    assert (out / "devinterp_comparison.csv").read_text() == "bench\n"
     for name in (
         *lang.FIGURES,
         "language_tokens.html",
@@ -133,6 +137,28 @@ def test_any_causal_lm_through_from_pretrained(hydra_compose, tmp_path) -> None:
     assert set(table.method) == {"bif"}
 
 
+def test_a_diverged_sampler_fails_the_run_and_keeps_old_results(
+    hydra_compose, mlflow_uri, search_runs, tmp_path, monkeypatch
+) -> None:
+    """No swallowed sampler failure: the run raises, MLflow says FAILED, results/ is untouched."""
+    from bifrepro.sampling import SamplerDivergedError
+
+    def diverged(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise SamplerDivergedError("SGLD loss exploded (simulated)")
+
+    monkeypatch.setattr(lang, "sample_token_traces", diverged)
+    out = tmp_path / "language"
+    out.mkdir()
+    (out / "benchmark.csv").write_text("the previous results\n")
+    cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    with pytest.raises(SamplerDivergedError):
+        lang.run(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.csv"]
+    assert (out / "benchmark.csv").read_text() == "the previous results\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".language")]
+    assert search_runs("language").iloc[0]["status"] == "FAILED"
+
+
 def test_config_errors_name_the_key(hydra_compose, tmp_path) -> None:
     base = [f"results_dir={tmp_path}", "tracking.enabled=false"]
     with pytest.raises(ConfigError, match="experiment.num_observed"):
@@ -143,29 +169,10 @@ def test_config_errors_name_the_key(hydra_compose, tmp_path) -> None:
         lang.run(hydra_compose([*TINY, *base, "model.arch=gpt2"]))
     with pytest.raises(ConfigError, match="language schema"):
         lang.run(hydra_compose(base))  # the default experiment is the toy
-
-
-def test_token_figure_and_html_page() -> None:
-    rows = [
-        TokenRow(
-            "#1 seq 4",
-            [" Marie", " has", " three", " cats", "."],
-            np.array([0.0, 0.1, 0.8, -0.3, 0.0]),
-        )
-    ]
-    panel = TokenPanel('"3" -> "three"', [" Marie", " has", " 3", " apples", "."], 2, rows)
-    fig = plot_token_panels([panel, panel], "test figure")
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert texts.count("3") == 2 and texts.count("three") == 2
-    boxes = [t.get_bbox_patch() for t in fig.axes[0].texts if t.get_text() == "three"]
-    red = boxes[0].get_facecolor()
-    assert red[0] > red[2]  # a positive score is drawn red, not blue
-    page = token_panels_html([("numbers", [panel])], "page")
-    assert (
-        page.count("class='tok focus'") == 1
-        and "title='+0.800'" in page
-        and "title='-0.300'" in page
-    )
+    with pytest.raises(ConfigError, match="experiment.seq_len"):
+        lang.run(hydra_compose([*TINY, *base, "experiment.seq_len=80"]))  # > 64 positions
+    with pytest.raises(ConfigError, match="experiment.frozen"):
+        lang.run(hydra_compose([*TINY, *base, "experiment.frozen=[no_such_layer]"]))
 
 
 def test_calibration_auto_calibrates_the_sampler_and_records_health(

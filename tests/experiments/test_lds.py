@@ -15,6 +15,7 @@ import torch
 import experiments.lds as lds_exp
 from bifrepro.config import ConfigError
 from bifrepro.evaluation.lds import load_masks, subset_masks
+from bifrepro.evaluation.lds_protocol import model_spec
 from bifrepro.evaluation.retrain import MissingRetrainError
 from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
 
@@ -151,6 +152,26 @@ def test_sampler_auto_calibrates_bif_and_records_the_evidence(tiny_lds, hydra_co
     assert np.isfinite(metrics["lds/bif_covariance/alpha_0.5"])
 
 
+def test_diverged_sampler_fails_the_run_and_keeps_the_results(
+    tiny_lds, hydra_compose, mlflow_uri, search_runs
+) -> None:
+    """A diverged chain is never swallowed: the run fails (MLflow FAILED), results/ untouched."""
+    from bifrepro.sampling.diagnostics import SamplerDivergedError
+
+    results, _ = tiny_lds
+    out = results / "lds"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cfg = _cfg(
+        hydra_compose, results, mlflow_uri, "experiment.methods=[bif]", "sampler.step_size=1e6"
+    )
+    with pytest.raises(SamplerDivergedError):
+        lds_exp.run(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(results.glob(".lds.*"))  # no staging folder left behind
+    runs = search_runs("lds")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"
+
+
 def test_retrain_stage_then_merge(hydra_compose, tmp_path) -> None:
     def stage(*extra: str) -> dict[str, float]:
         return lds_exp.run(_cfg(hydra_compose, tmp_path, None, *extra))
@@ -213,45 +234,37 @@ def test_paper_setting_config_and_image_folder(hydra_compose, tmp_path) -> None:
     from bifrepro.config import validate_config
 
     vc = validate_config(cfg, groups=("data", "model", "experiment"))
-    data = lds_exp.load_lds_data(vc.data)
+    data = vc.data.load()
     assert len(data.train) == 12 and len(data.queries) == 4 and data.num_classes == 2
     x = data.train.tensors[0]
     assert x.shape == (12, 3, 8, 8) and abs(float(x.mean())) < 1e-4  # normalised
-    model = lds_exp.model_spec(vc.model, data).build(0)
+    model = model_spec(vc.model, data).build(0)
     assert model(x).shape == (12, 2)
 
 
 @pytest.mark.slow
 def test_multirun_retrain_sweep_with_joblib_then_merge(mlflow_uri, tmp_path) -> None:
     """The scale-out path: subset index as a sweep axis on the joblib launcher, then the merge."""
-    base = [
-        sys.executable,
-        "-m",
-        "experiments.lds",
-        *TINY,
-        f"results_dir={tmp_path}",
-        f"tracking.uri={mlflow_uri}",
-    ]
+    overrides = [*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"]
     env = {**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    sweep = [
+
+    def lds(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "experiments.lds", *args]
+        return subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env
+        )
+
+    # `-m` goes before the overrides: Hydra's parser takes one run of positional overrides
+    proc = lds(
         "-m",
+        *overrides,
         "hydra/launcher=local_parallel",
         "experiment.stage=retrain",
         "experiment.subset_index=range(0,5)",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    proc = subprocess.run(
-        base + sweep, cwd=REPO, capture_output=True, text=True, timeout=900, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    merge = subprocess.run(
-        base + ["experiment.stage=evaluate", "experiment.methods=[gradsim,ekfac]"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+    merge = lds(*overrides, "experiment.stage=evaluate", "experiment.methods=[gradsim,ekfac]")
     assert merge.returncode == 0, merge.stderr[-3000:]
     saved = json.loads((tmp_path / "lds" / "metrics.json").read_text())
     assert np.isfinite(saved["metrics"]["lds/ekfac/alpha_0.5"])

@@ -12,18 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
+import bifrepro.dynamics.lm_checkpoint_job as checkpoint_job
+import bifrepro.dynamics.lm_checkpoints as lm_checkpoints
+import bifrepro.dynamics.sweep_calibration as sweep_calibration
 import experiments.stagewise_lm as sw
 from bifrepro.config import ConfigError
+from bifrepro.sampling import SamplerDivergedError, SGLDConfig
 from bifrepro.tracking import PARENT_RUN_FILE
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by thread synchronisation on a busy machine: one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _restore_threads():
+    """The runs set torch's thread count (experiment.num_threads=1, fastest for tiny models on a
+    busy machine); put it back after each test."""
+    threads = torch.get_num_threads()
     yield
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
 
 
 TINY = [
@@ -205,7 +209,7 @@ def test_checkpoint_sweep_and_merge_equal_the_in_process_run(
 
 
 def test_killed_training_and_checkpoint_jobs_resume(hydra_compose, monkeypatch, tmp_path) -> None:
-    import bifrepro.models.lm as lm
+    import bifrepro.training.lm as lm
 
     real_save = lm.atomic_torch_save
 
@@ -240,7 +244,7 @@ def test_killed_training_and_checkpoint_jobs_resume(hydra_compose, monkeypatch, 
     def no_sampling(*args, **kwargs):
         raise AssertionError("a finished checkpoint must not be sampled again")
 
-    monkeypatch.setattr(sw, "sample_token_traces", no_sampling)
+    monkeypatch.setattr(checkpoint_job, "sample_token_traces", no_sampling)
     again = sw.run(_cfg(hydra_compose, tmp_path, *job))
     assert again == pytest.approx(first, nan_ok=True)
     assert {"health/healthy", "health/ess_projected", "health/trend_share_ok"} <= set(first)
@@ -267,13 +271,13 @@ def test_calibration_auto_runs_once_and_every_checkpoint_uses_it(
     (the first computes it, the others read it), reported by the merge."""
     sw.run(_cfg(hydra_compose, tmp_path, "experiment.mode=train"))  # no calibration here
     calls = []
-    real = sw.resolve_sampler
+    real = sweep_calibration.resolve_sampler
 
     def counted(*args, **kwargs):
         calls.append(args[2])  # the model it calibrates at
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sw, "resolve_sampler", counted)
+    monkeypatch.setattr(sweep_calibration, "resolve_sampler", counted)
 
     def job(label: str) -> dict[str, float]:
         return sw.run(
@@ -341,13 +345,13 @@ def test_calibration_auto_runs_once_and_every_checkpoint_uses_it(
         report.config = sampler.replace(step_size=sampler.step_size / 2)
         return report.config, report
 
-    monkeypatch.setattr(sw, "resolve_sampler", other_step)
+    monkeypatch.setattr(sweep_calibration, "resolve_sampler", other_step)
     forced = sw.run(
         _cfg(hydra_compose, tmp_path, *CALIBRATION, "calibration.seed=1",
              "experiment.mode=checkpoint", "experiment.checkpoint=step20")
     )  # fmt: skip
     assert forced["sampler/step_size"] == pytest.approx(chosen / 2)
-    fp = sw.SGLDConfig.from_mapping(info["sampler"]).replace(step_size=chosen / 2).fingerprint()
+    fp = SGLDConfig.from_mapping(info["sampler"]).replace(step_size=chosen / 2).fingerprint()
     roots = [p.parent.parent.name for p in (tmp_path / "cache").rglob("step20/result.pt")]
     assert len(roots) == 2 and f"checkpoints-{fp}" in roots  # the first result is untouched
 
@@ -394,7 +398,7 @@ def test_checkpoints_of_a_model_trained_elsewhere(hydra_compose, monkeypatch, tm
 
     # without checkpoint_subfolders the labels are Hugging Face revisions of name_or_path
     calls = []
-    real = sw.load_causal_lm
+    real = lm_checkpoints.load_causal_lm
 
     def fake_load(name_or_path, revision=None, **kw):
         calls.append((str(name_or_path), revision))
@@ -403,7 +407,7 @@ def test_checkpoints_of_a_model_trained_elsewhere(hydra_compose, monkeypatch, tm
             **{k: v for k, v in kw.items() if k != "local_files_only"},
         )
 
-    monkeypatch.setattr(sw, "load_causal_lm", fake_load)
+    monkeypatch.setattr(lm_checkpoints, "load_causal_lm", fake_load)
     pythia = [b for b in base if "subfolders" not in b] + ["experiment.checkpoint=step2"]
     sw.run(_cfg(hydra_compose, tmp_path / "rev", *pythia))
     assert calls == [(str(root), "step2")]
@@ -433,17 +437,24 @@ def test_validation_and_pythia_config(hydra_compose, tmp_path) -> None:
     assert steps == sorted(steps) and labels[-1] == "step143000"
     assert cfg.model.name_or_path.startswith("EleutherAI/pythia")
     assert cfg.sampler.preconditioner == "rmsprop"
-    with pytest.raises(ConfigError, match="training step"):
-        sw.checkpoint_step("main")
 
 
-def test_repeat_halves() -> None:
-    ids = torch.tensor([[0, 5, 6, 7, 8, 9, 10], [0, 5, 6, 1, 1, 1, 1], [0, 4, 3, 2, 1, 6, 7]])
-    mask = torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [1] * 7])
-    new, new_mask, flags = sw.repeat_halves(ids, mask, 1.0, seed=0, pad_id=1)
-    # k = 3: [BOS] a b c a b c; the short sequence is not eligible
-    assert new[0].tolist() == [0, 5, 6, 7, 5, 6, 7] and new[2].tolist() == [0, 4, 3, 2, 4, 3, 2]
-    assert torch.equal(new[1], ids[1]) and flags.tolist() == [True, False, True]
-    assert new_mask[0].tolist() == [1] * 7
-    none, _, f0 = sw.repeat_halves(ids, mask, 0.0, seed=0, pad_id=1)
-    assert torch.equal(none, ids) and not f0.any()
+def test_a_diverged_sampler_fails_the_run_and_keeps_the_old_results(
+    all_run, hydra_compose, monkeypatch, mlflow_uri, search_runs, tmp_path
+) -> None:
+    """A diverged chain is never swallowed: the run fails (MLflow FAILED), results stay as they were."""
+    previous, _, _ = all_run
+    out = tmp_path / "out"
+    shutil.copytree(previous / "stagewise_lm", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def diverges(*args, **kwargs):
+        raise SamplerDivergedError("simulated divergence")
+
+    monkeypatch.setattr(checkpoint_job, "sample_token_traces", diverges)
+    cfg = _cfg(hydra_compose, tmp_path, f"experiment.output_dir={out}", tracking=mlflow_uri)
+    with pytest.raises(SamplerDivergedError):
+        sw.run(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list((tmp_path / "cache").rglob("result.pt"))
+    assert list(search_runs("stagewise_lm")["status"]) == ["FAILED"]

@@ -205,3 +205,52 @@ def test_default_run_reproduces_the_sign_flip(hydra_compose, tmp_path) -> None:
     assert 0.5 <= ratio <= 2.0
     assert metrics["spearman_bif_loo_mean"] > 0.3
     assert np.isfinite(metrics["sign_agreement_bif_loo_mean"])
+
+
+def test_bad_values_fail_before_any_compute(hydra_compose, monkeypatch, tmp_path) -> None:
+    from bifrepro.config import ConfigError
+
+    def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("compute started")
+
+    monkeypatch.setattr(toy, "run_toy_protocol", boom)
+    base = [f"results_dir={tmp_path}", "tracking.enabled=false"]
+    for override, key in [
+        ("sampler.step_size=-1", "sampler.step_size"),
+        ("experiment.focus_item=unicorn", "experiment.focus_item"),
+        ("experiment.focus_targets=[dog]", "experiment.focus_targets"),
+        ("experiment.focus_targets=[]", "experiment.focus_targets"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            toy.run(hydra_compose([*base, override]))
+    assert not (tmp_path / "toy_hierarchy").exists()
+
+
+def test_a_diverged_sampler_fails_the_run_and_keeps_the_old_results(
+    hydra_compose, mlflow_uri, search_runs, monkeypatch, tmp_path
+) -> None:
+    from bifrepro.sampling import SamplerDivergedError
+
+    def diverge(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise SamplerDivergedError("chain 1 diverged at checkpoint 3")
+
+    monkeypatch.setattr(toy, "run_toy_protocol", diverge)
+    out = tmp_path / "toy_hierarchy"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"old": true}')
+    cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    with pytest.raises(SamplerDivergedError):
+        toy.run(cfg)
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
+    assert json.loads((out / "metrics.json").read_text()) == {"old": True}
+    assert search_runs("toy_hierarchy").iloc[0]["status"] == "FAILED"
+
+
+def test_a_second_run_replaces_the_whole_result_set(hydra_compose, tmp_path) -> None:
+    out = tmp_path / "toy_hierarchy"
+    (out / "calibration").mkdir(parents=True)  # a sub-folder of another run is kept
+    (out / "stale.csv").write_text("from an older version\n")
+    toy.run(hydra_compose([*TINY, f"results_dir={tmp_path}", "tracking.enabled=false"]))
+    names = {p.name for p in out.iterdir()}
+    assert names == {*FIGURES, *TABLES, "calibration"}
+    assert not list(tmp_path.glob(".toy_hierarchy.*"))

@@ -1,50 +1,24 @@
-"""Causal LMs: the from_pretrained path on models saved here, training, resuming, caching."""
+"""Causal LMs: the architecture, the from_pretrained path on models saved here, frozen copies."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 from torch import nn
 
-import bifrepro.models.lm as lm
 from bifrepro.attribution.ekfac import supported_modules
 from bifrepro.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from bifrepro.models.lm import (
     CausalLMConfig,
     LMTrainConfig,
     build_small_lm,
-    embedded_causal_lm,
+    frozen_copy,
     lm_batch_loss,
     load_causal_lm,
+    save_snapshot,
     snapshot_dir,
-    train_causal_lm,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are dominated by thread synchronisation on a busy machine: one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-TINY = dict(
-    hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position_embeddings=16
-)
-
-
-def _data(n: int = 24, t: int = 8, vocab: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequences of a repeating pattern (learnable), some padded."""
-    base = torch.arange(t)
-    ids = torch.stack([(base * (1 + i % 3) + i) % (vocab - 2) + 2 for i in range(n)])
-    mask = torch.ones_like(ids)
-    mask[::5, -3:] = 0
-    ids[mask == 0] = 0
-    return ids, mask
+from tests.models._lm import TINY, lm_sequences, one_thread  # noqa: F401 - autouse
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
@@ -82,74 +56,6 @@ def test_from_pretrained_path_on_a_model_saved_here(tmp_path) -> None:
         load_causal_lm("bifrepro-test/no-such-model", local_files_only=True)
 
 
-def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, monkeypatch) -> None:
-    ids, mask = _data()
-    cfg = LMTrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=1, checkpoint_every=3)
-    arch = CausalLMConfig(**TINY)
-    straight = build_small_lm(arch, vocab_size=20, seed=1)
-    with torch.no_grad():
-        before = float(lm_batch_loss(straight, ids, mask))
-    res = train_causal_lm(straight, ids, mask, cfg, tmp_path / "a", progress=False)
-    with torch.no_grad():
-        assert len(res.losses) == 6 and float(lm_batch_loss(straight, ids, mask)) < before
-
-    # the same run, interrupted after its step-3 checkpoint, then resumed
-    interrupted = build_small_lm(arch, vocab_size=20, seed=1)
-    real_lr = lm._lr_at
-
-    def crash(step: int, c: LMTrainConfig) -> float:
-        if step == 4:
-            raise KeyboardInterrupt
-        return real_lr(step, c)
-
-    monkeypatch.setattr(lm, "_lr_at", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_causal_lm(interrupted, ids, mask, cfg, tmp_path / "b", progress=False)
-    monkeypatch.setattr(lm, "_lr_at", real_lr)
-    fresh = build_small_lm(arch, vocab_size=20, seed=1)  # a new process would start from init
-    res_b = train_causal_lm(fresh, ids, mask, cfg, tmp_path / "b", progress=False)
-    assert res_b.resumed_from == 3 and res_b.losses == pytest.approx(res.losses)
-    for p, q in zip(straight.parameters(), fresh.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
-    # other settings in the same folder are refused
-    with pytest.raises(ValueError, match="other settings"):
-        train_causal_lm(fresh, ids, mask, LMTrainConfig(steps=7, batch_size=8), tmp_path / "b")
-
-
-def test_snapshots_reload_through_from_pretrained(tmp_path) -> None:
-    ids, mask = _data()
-    cfg = LMTrainConfig(steps=4, batch_size=8, save_steps=[0, 2, 4])
-    model = build_small_lm(CausalLMConfig(**TINY), vocab_size=20)
-    res = train_causal_lm(model, ids, mask, cfg, tmp_path, progress=False)
-    assert sorted(res.snapshots) == [0, 2, 4]
-    last = load_causal_lm(snapshot_dir(tmp_path, 4))
-    first = load_causal_lm(snapshot_dir(tmp_path, 0))
-    with torch.no_grad():
-        torch.testing.assert_close(last(input_ids=ids).logits, model(input_ids=ids).logits)
-        assert not torch.allclose(first(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-def test_embedded_model_is_trained_once_and_cached(tmp_path, monkeypatch) -> None:
-    tok = train_bpe_tokenizer(["one two three four five six"] * 10, vocab_size=270)
-    ids = torch.tensor([tok("one two three four five six")["input_ids"]] * 12)
-    cfg = CausalLMConfig(**TINY, train=LMTrainConfig(steps=3, batch_size=4))
-    model, path, summary = embedded_causal_lm(cfg, tok, ids, None, tmp_path, "data-a")
-    assert (path / "config.json").exists() and (path / "tokenizer.json").exists()
-    assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert json.loads((path.parent / "train_summary.json").read_text())["train"]["steps"] == 3
-
-    def no_training(*a, **k):  # noqa: ANN002, ANN003
-        raise AssertionError("the cached model must not be retrained")
-
-    monkeypatch.setattr(lm, "train_causal_lm", no_training)
-    again, path2, _ = embedded_causal_lm(cfg, tok, ids, None, tmp_path, "data-a")
-    assert path2 == path
-    for p, q in zip(model.parameters(), again.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
-    with pytest.raises(AssertionError, match="retrained"):  # other data -> another cache entry
-        embedded_causal_lm(cfg, tok, ids, None, tmp_path, "data-b")
-
-
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="arch"):
         CausalLMConfig(arch="gpt2")
@@ -159,3 +65,32 @@ def test_config_validation_names_the_field() -> None:
         LMTrainConfig(steps=10, save_steps=[11])
     assert CausalLMConfig(train={"steps": 5}).train.steps == 5
     assert CausalLMConfig().is_embedded and not CausalLMConfig(name_or_path="x").is_embedded
+
+
+def test_frozen_copy_freezes_matching_parameters_of_a_copy() -> None:
+    model = build_small_lm(CausalLMConfig(**TINY), vocab_size=20)
+    same, none = frozen_copy(model, [])
+    assert same is model and none == []
+    work, names = frozen_copy(model, ["embed_tokens", "lm_head"])
+    assert work is not model and names and all("embed_tokens" in n or "lm_head" in n for n in names)
+    frozen = {n for n, p in work.named_parameters() if not p.requires_grad}
+    assert frozen == set(names)
+    assert all(p.requires_grad for p in model.parameters())  # the original is untouched
+    with pytest.raises(ValueError, match="matches no parameter"):
+        frozen_copy(model, ["no_such_layer"])
+
+
+def test_save_snapshot_replaces_the_folder_and_reloads(tmp_path) -> None:
+    ids, mask = lm_sequences()
+    model = build_small_lm(CausalLMConfig(**TINY), vocab_size=20, seed=2)
+    path = snapshot_dir(tmp_path, 7)
+    assert path.name == "step000007"
+    path.mkdir(parents=True)
+    (path / "stale.txt").write_text("old")
+    save_snapshot(model, path)
+    assert not (path / "stale.txt").exists() and (path / "config.json").exists()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_causal_lm(path)(input_ids=ids).logits, model(input_ids=ids).logits
+        )
+        assert torch.isfinite(lm_batch_loss(model, ids, mask))

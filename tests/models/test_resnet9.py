@@ -25,7 +25,7 @@ def test_forward_backward_on_random_cifar_sized_images() -> None:
 
 
 def test_parameter_count_matches_the_original_network() -> None:
-    # REFERENCE.md §6: width 16 / 32 / 64 have about 0.4 / 1.6 / 6.6 M parameters
+    # docs/science.md §6: width 16 / 32 / 64 have about 0.4 / 1.6 / 6.6 M parameters
     for width, millions in ((16, 0.4), (32, 1.6), (64, 6.6)):
         n = count_parameters(ResNet9(width=width))
         assert n / 1e6 == pytest.approx(millions, rel=0.06), width
@@ -45,3 +45,9 @@ def test_config_validates_and_gives_a_train_config() -> None:
         ResNet9Config(width=0)
     with pytest.raises(ValueError, match="lr"):
         ResNet9Config(lr=-1.0)
+
+
+@pytest.mark.parametrize("field", ["scale", "lr", "weight_decay"])
+def test_config_refuses_non_finite_numbers(field: str) -> None:
+    with pytest.raises(ValueError, match=rf"ResNet9Config\.{field}=inf is invalid"):
+        ResNet9Config(**{field: float("inf")})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from torch.utils.data import TensorDataset
 from bifrepro.models.vision import (
     GoogLeNetConfig,
     SmallCNNConfig,
+    WeightsFileError,
     build_googlenet,
     keep_last_layers,
     linear_conv_layers,
+    load_googlenet_weights,
     load_state_dict_file,
     trained_small_cnn,
 )
@@ -68,7 +71,7 @@ def test_googlenet_from_a_weights_file_reproduces_the_saved_model(googlenet_file
 
 
 def test_bad_weights_are_refused_with_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(WeightsFileError, match=r"model\.weights_path=.*nope\.pth.*does not exist"):
         build_googlenet(GoogLeNetConfig(weights_path=str(tmp_path / "nope.pth")))
     torch.save({"fc.weight": torch.zeros(3, 1024)}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="missing"):
@@ -78,6 +81,31 @@ def test_bad_weights_are_refused_with_clear_errors(tmp_path: Path) -> None:
         load_state_dict_file(tmp_path / "junk.pth")
     with pytest.raises(ValueError, match="GoogLeNet_Weights"):
         build_googlenet(GoogLeNetConfig(weights="IMAGENET22K"))
+    torch.save({"fc.bias": torch.zeros(3)}, tmp_path / "no_fc.pth")
+    with pytest.raises(WeightsFileError, match="no fc.weight"):
+        load_googlenet_weights(GoogLeNetConfig(weights_path=str(tmp_path / "no_fc.pth")))
+    assert load_googlenet_weights(GoogLeNetConfig(weights_path=None)) is None
+
+
+@pytest.mark.parametrize(
+    "content", [b"garbage, not a checkpoint" * 10, b"PK\x03\x04 truncated zip", b""]
+)
+def test_a_corrupt_weights_file_names_key_and_file_never_the_unsafe_workaround(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsFileError) as info:
+        load_state_dict_file(path)
+    message = str(info.value)
+    assert "model.weights_path=" in message and str(path) in message
+    assert "weights_only" not in message and "Unpickling" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    # a pickle of a non-tensor object: torch's refusal suggests weights_only=False; not passed on
+    path.write_bytes(pickle.dumps({"fc.weight": Path("x")}))
+    with pytest.raises(WeightsFileError) as info:
+        load_state_dict_file(path, key="model.weights_path")
+    assert "weights_only" not in str(info.value)
 
 
 def test_keep_last_layers_keeps_outputs_and_hides_the_rest_from_kronfluence() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import torch
 from matplotlib.colors import to_hex
@@ -109,3 +111,35 @@ def test_agreement_plot_has_one_bar_per_method_and_k() -> None:
     assert len(helpful.patches) == 2 * 2 and "50 queries" in helpful.get_title()
     assert sorted(round(p.get_height(), 3) for p in helpful.patches) == [0.6, 0.6, 0.9, 0.9]
     assert "harmful" in harmful.get_title()
+
+
+def test_experiment_figure_set_names_the_methods_and_agreement() -> None:
+    from bifrepro.evaluation.agreement import agreement_table
+    from bifrepro.evaluation.gallery import MethodResult
+    from bifrepro.plots.gallery import gallery_figures
+    from tests.evaluation.test_gallery import tiny_pool
+
+    pool = tiny_pool()
+    as_images = {  # 1 x 2 x 2 "images" for the gallery rows
+        k: TensorDataset(getattr(pool, k).tensors[0].view(-1, 1, 2, 2), getattr(pool, k).tensors[1])
+        for k in ("pool", "queries")
+    }
+    pool = dataclasses.replace(pool, **as_images)
+    scores = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    results = {
+        "bif": MethodResult(scores, 1.0, "bif note"),
+        "ekfac": MethodResult(-scores, 1.0, ""),
+    }
+    table = agreement_table(
+        {k: r.scores for k, r in results.items()}, pool.pool_labels, pool.query_labels,
+        ks=[1, 2], n_boot=200,
+    )  # fmt: skip
+    figs = gallery_figures(
+        pool, results, table, normalize="correlation", gallery_k=2, confidence=0.9, title="T"
+    )
+    assert list(figs) == ["gallery_helpful.png", "gallery_harmful.png", "label_agreement.png"]
+    title = figs["gallery_helpful.png"].get_suptitle()
+    assert "BIF" in title and "EK-FAC" in title and "90% CI" in title and "4 queries" in title
+    assert "Most harmful" in figs["gallery_harmful.png"].get_suptitle()
+    for fig in figs.values():
+        fig.clear()
