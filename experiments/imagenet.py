@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bifrepro.attribution.base import ClassificationTask
-from bifrepro.config import register_configs, validate_config
+from bifrepro.config import method_settings, register_configs, validate_config
 from bifrepro.config.imagenet import (
     ImageNetExperimentConfig,
     check_weights_file,
@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg, groups=("data", "model", "sampler", "calibration", "tracking", "experiment")
     )
     exp: ImageNetExperimentConfig = vc.experiment
+    methods = method_settings([m for m in exp.methods if m != "bif"], cfg.get("methods", {}))
     sampler: SGLDConfig = vc.sampler
     device = resolve_device(exp.device)
     dataset = vc.data.name
@@ -172,12 +173,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         ek_model, tracked = keep_last_layers(model, last)
         results["ekfac"] = run_attributor(
-            "ekfac", exp.ekfac, ek_model, task, pool, ekfac_note(tracked, len(layers))
+            "ekfac", methods["ekfac"], ek_model, task, pool, ekfac_note(tracked, len(layers))
         )
         del ek_model
         for name in exp.methods:
             if name not in results:
-                results[name] = run_attributor(name, getattr(exp, name), model, task, pool)
+                results[name] = run_attributor(name, methods[name], model, task, pool)
 
         # 4. Evaluate: label agreement and overlaps with confidence intervals.
         scores = {k: r.scores for k, r in results.items()}

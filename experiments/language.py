@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bifrepro.attribution.token_bif import TokenBIF, sample_token_traces
-from bifrepro.config import ConfigError, register_configs, validate_config
+from bifrepro.config import ConfigError, method_settings, register_configs, validate_config
 from bifrepro.config.language import LanguageConfig
 from bifrepro.data.text import TextCorpusConfig
 from bifrepro.evaluation.token_links import (
@@ -135,6 +135,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     t_start = time.perf_counter()
     vc = _validated(cfg)
     exp: LanguageConfig = vc.experiment
+    methods = method_settings(("ekfac", "gradsim"), cfg.get("methods", {}))  # the baselines
     sampler: SGLDConfig = vc.sampler
     out_dir = output_dir(exp.output_dir, vc.results_dir, exp.name)
     cache_dir = _cache_dir(exp, vc.results_dir)
@@ -188,7 +189,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results = bif_rankings(tb, links, qts, ks)
         metrics["timing/bif/benchmark_seconds"] = time.perf_counter() - t0
         base_scores, timing = baseline_scores(
-            s.model, obs, qs, qts, exp.methods, exp.ekfac, exp.gradsim
+            s.model, obs, qs, qts, exp.methods, methods["ekfac"], methods["gradsim"]
         )
         metrics.update(timing)
         results |= baseline_rankings(base_scores, links, qts, ks)

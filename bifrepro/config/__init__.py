@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bifrepro.attribution.configs import MethodConfig, method_config_from_mapping
 from bifrepro.config.toy_hierarchy import (
     DeepLinearModelConfig,
     HierarchyDataConfig,
@@ -41,6 +43,7 @@ __all__ = [
     "TrackingConfig",
     "ToyHierarchyConfig",
     "ValidatedConfig",
+    "method_settings",
     "register_configs",
     "validate_config",
     "abspath_from_original_cwd",
@@ -221,3 +224,21 @@ def validate_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> V
         _require_finite(obj, key)
         out[key] = obj
     return ValidatedConfig(seed=int(seed), results_dir=Path(results_dir), groups=out)
+
+
+def method_settings(names: Sequence[str], settings: Mapping[str, Any]) -> dict[str, MethodConfig]:
+    """The settings of every method in ``names``, from the ``methods`` node every experiment
+    composes (``/method@methods.<name>: <name>``, conf/method/<name>.yaml); a missing node, an
+    unknown key or a node of another method is a :class:`ConfigError` naming ``methods.<name>``."""
+    out: dict[str, MethodConfig] = {}
+    for name in names:
+        if name not in settings:
+            raise ConfigError(f"methods.{name} is missing: no settings for method {name!r}")
+        try:
+            cfg = method_config_from_mapping(settings[name])
+        except ValueError as err:
+            raise ConfigError(f"methods.{name}: {err}") from err
+        if cfg.name != name:
+            raise ConfigError(f"methods.{name}.name={cfg.name!r} must be {name!r}")
+        out[name] = cfg
+    return out

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bifrepro.attribution.configs import EKFACConfig, GradSimConfig, TRAKConfig
 from bifrepro.config import ConfigError
 from bifrepro.data.imagenet import (
     IMAGENET_ROOT_ENV,
@@ -61,7 +60,9 @@ class ImageNetExperimentConfig:
     #: Refuse to fall back to the stand-in when no ImageNet root is set (experiment=imagenet_real).
     require_imagenet: bool = False
     #: Methods on the ImageNet path: bif and ekfac (the galleries), optionally trak and gradsim.
-    #: The stand-in uses standin.methods.
+    #: The stand-in uses standin.methods. Their settings: the top-level ``methods`` node
+    #: (conf/method/<name>.yaml; e.g. methods.ekfac.query_batch_size=32), as in every experiment;
+    #: BIF's SGLD settings are the top-level ``sampler`` node.
     methods: list[str] = field(default_factory=lambda: ["bif", "ekfac"])
     #: BIF estimator: "correlation" (Pearson; the poster ranks by it) or "covariance" (+Cov).
     normalize: str = "correlation"
@@ -76,14 +77,9 @@ class ImageNetExperimentConfig:
     #: Confidence level and bootstrap resamples.
     confidence: float = 0.95
     n_boot: int = 2000
-    #: kronfluence settings.
-    ekfac: EKFACConfig = field(default_factory=EKFACConfig)
     #: EK-FAC tracks only the last this many Linear/Conv2d layers in the model's definition order
     #: (0: all). ImageNet path only; the stand-in always tracks every layer.
     ekfac_last_layers: int = 0
-    #: TRAK and GradSim settings (when listed in methods).
-    trak: TRAKConfig = field(default_factory=TRAKConfig)
-    gradsim: GradSimConfig = field(default_factory=GradSimConfig)
     #: Pick the SGLD step size with the automatic calibration (bifrepro.sampling.calibrate)
     #: instead of sampler.step_size (as `sampler=auto` / `calibration=auto`; settings: the
     #: `calibration` node); the report is saved and compared with the hand-picked value.
@@ -122,9 +118,6 @@ class ImageNetExperimentConfig:
             bad("n_boot", "must be an integer >= 100")
         if not isinstance(self.ekfac_last_layers, int) or self.ekfac_last_layers < 0:
             bad("ekfac_last_layers", "must be an integer >= 0")
-        for name, cls in (("ekfac", EKFACConfig), ("trak", TRAKConfig), ("gradsim", GradSimConfig)):
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, cls(**getattr(self, name)))
 
 
 #: (group, option name, schema) stored in the ConfigStore as ``<group>/<name>_schema``.

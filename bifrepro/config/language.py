@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bifrepro.attribution.configs import EKFACConfig, GradSimConfig
 from bifrepro.data.text import TextCorpusConfig
 from bifrepro.models.lm import CausalLMConfig
 
@@ -40,12 +39,10 @@ class LanguageConfig:
     frozen: list[str] = field(default_factory=list)
     #: k of precision@k.
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    #: Methods in the ground-truth benchmark (bif, ekfac, gradsim).
+    #: Methods in the ground-truth benchmark (bif, ekfac, gradsim). Their settings: the
+    #: top-level ``methods`` node (conf/method/<name>.yaml; EK-FAC's per_token is forced to
+    #: "train", GradSim scores sequences), as in every experiment.
     methods: list[str] = field(default_factory=lambda: list(LANGUAGE_METHODS))
-    #: kronfluence settings (per_token is forced to "train").
-    ekfac: EKFACConfig = field(default_factory=EKFACConfig)
-    #: GradSim settings (sequence level).
-    gradsim: GradSimConfig = field(default_factory=GradSimConfig)
     #: Training sequences shown per example in the PNGs / in the HTML page.
     rows_per_example: int = 3
     html_rows: int = 6
@@ -77,10 +74,6 @@ class LanguageConfig:
         unknown = sorted(set(self.methods) - set(LANGUAGE_METHODS))
         if unknown or "bif" not in self.methods:
             bad("methods", f"must include 'bif' and only name {list(LANGUAGE_METHODS)}")
-        if isinstance(self.ekfac, dict):
-            self.ekfac = EKFACConfig(**self.ekfac)
-        if isinstance(self.gradsim, dict):
-            self.gradsim = GradSimConfig(**self.gradsim)
         if self.rows_per_example < 1 or self.html_rows < 1:
             bad("rows_per_example" if self.rows_per_example < 1 else "html_rows", "must be >= 1")
 

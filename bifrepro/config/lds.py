@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from bifrepro.attribution.configs import method_config_from_mapping
-from bifrepro.config import ConfigError, ValidatedConfig
+from bifrepro.config import ConfigError, ValidatedConfig, method_settings
 from bifrepro.data.images import EMBEDDED_IMAGE_DATASETS, ImageFolderError
 from bifrepro.data.lds import LDSData, embedded_lds_data, folder_lds_data
 from bifrepro.evaluation.lds import subset_size
@@ -208,12 +207,7 @@ SCHEMAS: tuple[tuple[str, str, type], ...] = (
 
 def check_method_settings(names: list[str], settings: Mapping[str, Any]) -> None:
     """Every method in ``names`` has settings under ``methods.<name>`` that name it."""
-    for name in names:
-        if name not in settings:
-            raise ConfigError(f"methods.{name} is missing: no settings for method {name!r}")
-        configured = method_config_from_mapping(settings[name]).name
-        if configured != name:
-            raise ConfigError(f"methods.{name}.name={configured!r} must be {name!r}")
+    method_settings(names, settings)
 
 
 def checked_lds_config(vc: ValidatedConfig) -> LDSConfig:

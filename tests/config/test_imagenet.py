@@ -70,3 +70,16 @@ def test_weights_file_is_read_up_front_with_a_clear_error(tmp_path: Path) -> Non
     torch.save({"fc.weight": torch.zeros(3, 1024), "aux1.fc.weight": torch.zeros(1)}, garbage)
     state = check_weights_file(GoogLeNetConfig(weights_path=str(garbage)))
     assert state is not None and set(state) == {"fc.weight"}
+
+
+def test_methods_compose_like_every_experiment(hydra_compose, tmp_path: Path) -> None:
+    """Method settings are the ``methods.<name>`` nodes (conf/method/), as in the LDS."""
+    cfg = hydra_compose(
+        ["experiment=imagenet", f"results_dir={tmp_path}", "methods.ekfac.query_batch_size=8"]
+    )
+    vc = config.validate_config(cfg, groups=("methods",))
+    methods = config.method_settings(["ekfac", "trak", "gradsim"], vc.methods)
+    assert methods["ekfac"].query_batch_size == 8
+    assert methods["trak"].proj_dim == 512 and methods["gradsim"].similarity == "cosine"
+    with pytest.raises(config.ConfigError, match=r"methods\.exact_if is missing"):
+        config.method_settings(["exact_if"], vc.methods)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import bifrepro.config as config
-from bifrepro.attribution.configs import EKFACConfig
+from bifrepro.attribution.configs import EKFACConfig, GradSimConfig
 from bifrepro.config.language import LANGUAGE_METHODS, SCHEMAS, LanguageConfig
 from bifrepro.data.text import TextCorpusConfig
 from bifrepro.models.lm import CausalLMConfig
@@ -25,10 +25,14 @@ def test_schemas_are_registered() -> None:
 def test_language_config_composes_into_its_schemas(hydra_compose, tmp_path) -> None:
     config.register_configs()
     cfg = hydra_compose(["experiment=language", f"results_dir={tmp_path}"])
-    vc = config.validate_config(cfg, groups=("data", "model", "experiment"))
+    vc = config.validate_config(cfg, groups=("data", "model", "experiment", "methods"))
     assert isinstance(vc.experiment, LanguageConfig)
     assert isinstance(vc.data, TextCorpusConfig) and isinstance(vc.model, CausalLMConfig)
-    assert isinstance(vc.experiment.ekfac, EKFACConfig)
+    methods = config.method_settings(("ekfac", "gradsim"), vc.methods)
+    assert isinstance(methods["ekfac"], EKFACConfig) and isinstance(
+        methods["gradsim"], GradSimConfig
+    )
+    assert methods["ekfac"].train_batch_size == 32  # the experiment's value over the method's 64
     assert vc.experiment.methods == list(LANGUAGE_METHODS)
 
 
@@ -50,6 +54,10 @@ def test_range_errors_name_the_field(kwargs: dict, field: str) -> None:
         LanguageConfig(**kwargs)
 
 
-def test_nested_method_settings_become_dataclasses() -> None:
-    cfg = LanguageConfig(ekfac={"train_batch_size": 8}, gradsim={"chunk_size": 4})
-    assert cfg.ekfac.train_batch_size == 8 and cfg.gradsim.chunk_size == 4
+def test_method_settings_are_overridden_under_methods(hydra_compose, tmp_path) -> None:
+    """Every experiment composes methods the same way: the ``methods.<name>`` node."""
+    cfg = hydra_compose(
+        ["experiment=language", f"results_dir={tmp_path}", "methods.ekfac.train_batch_size=8"]
+    )
+    vc = config.validate_config(cfg, groups=("methods",))
+    assert config.method_settings(["ekfac"], vc.methods)["ekfac"].train_batch_size == 8
