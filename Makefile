@@ -12,7 +12,7 @@ RESULTS ?= $(CURDIR)/results
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install test test-slow lint format bench bench-accuracy demo reproduce mlflow-ui clean \
+.PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
         reproduce-toy sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
         reproduce-lds reproduce-compute reproduce-stagewise sweep-stagewise
 
@@ -53,6 +53,9 @@ bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
 
 bench-accuracy: $(STAMP)  ## BIF accuracy against exact answers (linear/logistic regression, MLP, per token) -> results/accuracy/ (<= 15 min)
 	$(PY) bench/accuracy.py
+
+report: $(STAMP)  ## Regenerate the README blocks (numbers, tables) from results/
+	$(PY) -m bifrepro.report
 
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo

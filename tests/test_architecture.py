@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "bifrepro.hydra_callbacks": 4,
     "bifrepro.config*": 4,
     "bifrepro.demo": 4,
+    "bifrepro.report": 4,
 }
 
 

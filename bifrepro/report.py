@@ -1,0 +1,156 @@
+"""README blocks generated from the files under ``results/`` (``make report``).
+
+Numbers quoted in the README are never typed by hand: each generated block sits between
+``<!-- report:<name>:begin -->`` and ``<!-- report:<name>:end -->`` and is rewritten from the
+results tables by :func:`render_readme`. ``python -m bifrepro.report --check`` exits 1 when a
+committed block differs from what the results say (a test runs the same check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["BLOCKS", "ReportError", "accuracy_block", "render_readme", "main"]
+
+
+class ReportError(RuntimeError):
+    """A results file a README block needs is missing or malformed (names the file)."""
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ReportError(f"{path}: missing (run the make target that writes it)")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: cannot be read as CSV ({err})") from err
+
+
+def _num(x: float, digits: int = 2) -> str:
+    """Fixed decimals, the one rounding rule of the generated blocks."""
+    return "n/a" if pd.isna(x) else f"{x:.{digits}f}"
+
+
+def _sci(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{x:.2g}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def accuracy_block(results_dir: Path) -> str:
+    """The "How accurate is BIF here" section, from ``results/accuracy/`` (``make bench-accuracy``)."""
+    folder = Path(results_dir) / "accuracy"
+    summary = _read_csv(folder / "summary.csv")
+    crossed = _read_csv(folder / "health_vs_accuracy.csv")
+    need = {"task", "setting", "description", "step_size", "spearman_cov_mean", "spearman_cov_sd"}
+    missing = need - set(summary.columns)
+    if missing:
+        raise ReportError(f"{folder / 'summary.csv'}: columns {sorted(missing)} missing")
+    seeds = int(summary["seeds"].max())
+    lines = [
+        f"`make bench-accuracy` compares BIF with exact answers ({len(summary.task.unique())} "
+        f"tasks, {len(summary.setting.unique())} sampler settings each, {seeds} sampler seeds "
+        "per setting; tasks and truths in `bench/accuracy.py`). Spearman is BIF (covariance) "
+        "against the truth, mean ± s.d. over seeds; *agreement* is the seed-to-seed Spearman; "
+        "*accurate* means within 0.05 of the best Spearman any setting reaches at the same budget.",
+        "",
+        _row(["task", "setting", "ε", "Spearman", "agreement", "seconds", "health", "accurate"]),
+        _row(["---"] * 8),
+    ]
+    for task, g in summary.groupby("task", sort=False):
+        best = g.loc[g["spearman_cov_mean"].idxmax()]
+        shown = g[g["setting"].isin(["sgld_cal", "rms_cal"])]
+        if best["setting"] not in set(shown["setting"]):
+            shown = pd.concat([shown, best.to_frame().T])
+        for _, r in shown.iterrows():
+            label = r["description"] + (" (best)" if r["setting"] == best["setting"] else "")
+            lines.append(
+                _row(
+                    [
+                        f"`{task}`",
+                        label,
+                        _sci(float(r["step_size"])),
+                        f"{_num(r['spearman_cov_mean'])} ± {_num(r['spearman_cov_sd'])}",
+                        _num(r.get("seed_agreement_mean", float("nan"))),
+                        _num(r.get("seconds_mean", float("nan")), 1),
+                        str(r.get("verdict", "n/a")),
+                        "yes" if bool(r.get("accurate", False)) else "no",
+                    ]
+                )
+            )
+    settings = crossed.set_index(["healthy", "accurate"])["settings"]
+
+    def count(healthy: bool, accurate: bool) -> int:
+        return int(settings.get((healthy, accurate), 0))
+
+    lines += [
+        "",
+        "Health verdict against accuracy, counted over task × setting (all seeds):",
+        "",
+        _row(["", "accurate", "not accurate"]),
+        _row(["---"] * 3),
+        _row(["healthy", str(count(True, True)), str(count(True, False))]),
+        _row(["unhealthy", str(count(False, True)), str(count(False, False))]),
+    ]
+    wrong = summary[(summary["verdict"] == "healthy") & ~summary["accurate"].astype(bool)]
+    if len(wrong):
+        names = ", ".join(f"`{t}/{s}`" for t, s in zip(wrong.task, wrong.setting, strict=True))
+        lines += ["", f"Healthy but not accurate: {names}."]
+    lines += ["", "All settings: `results/accuracy/summary.csv`; figure: "
+              "`results/accuracy/accuracy_vs_time.png`."]  # fmt: skip
+    return "\n".join(lines)
+
+
+#: README block name -> its generator (results folder -> markdown).
+BLOCKS: dict[str, Callable[[Path], str]] = {"accuracy": accuracy_block}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- report:{name}:begin -->\n)(.*?)(<!-- report:{name}:end -->)", re.DOTALL
+    )
+
+
+def render_readme(text: str, results_dir: Path) -> str:
+    """``text`` with every generated block present in it rewritten from ``results_dir``."""
+    for name, make in BLOCKS.items():
+        pattern = _pattern(name)
+        if pattern.search(text):
+            body = make(results_dir)
+            text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the README blocks from results/.")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if a block is out of date")
+    args = parser.parse_args(argv)
+    old = args.readme.read_text()
+    try:
+        new = render_readme(old, args.results)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != old:
+            print(f"{args.readme}: generated blocks are out of date; run `make report`")
+            return 1
+        return 0
+    if new != old:
+        args.readme.write_text(new)
+        print(f"{args.readme}: blocks rewritten from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

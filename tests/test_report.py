@@ -1,0 +1,64 @@
+"""README blocks come from results files, and the committed README matches them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bifrepro.report import ReportError, main, render_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+README = "intro 0.5\n<!-- report:accuracy:begin -->\nold text\n<!-- report:accuracy:end -->\ntail\n"
+
+
+def _write_results(root: Path, spearman: float = 0.8123) -> Path:
+    folder = root / "accuracy"
+    folder.mkdir(parents=True)
+    rows = [
+        ("lin", "sgld_cal", "SGLD, calibrated ε", 1e-3, spearman, 0.01, "healthy", True),
+        ("lin", "rms_cal", "RMSProp-SGLD, calibrated ε", 2e-3, 0.5, 0.02, "healthy", False),
+        ("lin", "sgld_x4", "SGLD, 4×", 4e-3, 0.9, 0.03, "unhealthy", True),
+    ]
+    cols = ["task", "setting", "description", "step_size", "spearman_cov_mean"]
+    cols += ["spearman_cov_sd", "verdict", "accurate"]
+    df = pd.DataFrame(rows, columns=cols).assign(seeds=3, seed_agreement_mean=0.7, seconds_mean=2.0)
+    df.to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame(
+        {"healthy": [True, True, False], "accurate": [True, False, True], "settings": [1, 1, 1]}
+    ).to_csv(folder / "health_vs_accuracy.csv", index=False)
+    return root
+
+
+def test_blocks_are_rewritten_from_results_and_nothing_else_changes(tmp_path: Path) -> None:
+    out = render_readme(README, _write_results(tmp_path))
+    assert out.startswith("intro 0.5\n<!-- report:accuracy:begin -->\n") and out.endswith(
+        "<!-- report:accuracy:end -->\ntail\n"
+    )
+    assert "old text" not in out
+    assert "0.81 ± 0.01" in out  # the calibrated row, rounded once
+    assert "SGLD, 4× (best)" in out  # the best setting is always shown
+    assert "Healthy but not accurate: `lin/rms_cal`." in out
+
+
+def test_check_fails_when_a_number_is_edited_by_hand(tmp_path: Path) -> None:
+    results = _write_results(tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text(render_readme(README, results))
+    assert main(["--check", "--readme", str(readme), "--results", str(results)]) == 0
+    readme.write_text(readme.read_text().replace("0.81 ± 0.01", "0.91 ± 0.01"))
+    assert main(["--check", "--readme", str(readme), "--results", str(results)]) == 1
+    assert main(["--readme", str(readme), "--results", str(results)]) == 0  # regenerate
+    assert "0.81 ± 0.01" in readme.read_text()
+
+
+def test_a_missing_results_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"summary\.csv: missing"):
+        render_readme(README, tmp_path)
+
+
+def test_committed_readme_matches_the_committed_results() -> None:
+    """Numbers in README.md's generated blocks are exactly what results/ says (`make report`)."""
+    args = ["--check", "--readme", str(ROOT / "README.md"), "--results", str(ROOT / "results")]
+    assert main(args) == 0
