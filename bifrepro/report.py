@@ -9,6 +9,7 @@ committed block differs from what the results say (a test runs the same check).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["BLOCKS", "ReportError", "accuracy_block", "render_readme", "main"]
+__all__ = [
+    "BLOCKS",
+    "ReportError",
+    "accuracy_block",
+    "lds_block",
+    "vision_block",
+    "render_readme",
+    "main",
+]
 
 
 class ReportError(RuntimeError):
@@ -109,8 +118,84 @@ def accuracy_block(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _ci(value: float, low: float, high: float, signed: bool = False) -> str:
+    head = f"{value:+.2f}" if signed else _num(value)
+    return f"{head} [{_num(low)}, {_num(high)}]"
+
+
+def lds_block(results_dir: Path) -> str:
+    """The LDS table (α × method, 95% bootstrap CIs over queries) and the paired differences
+    against EK-FAC, from ``results/lds/`` (``make reproduce-lds``)."""
+    folder = Path(results_dir) / "lds"
+    lds = _read_csv(folder / "lds.csv")
+    paired = _read_csv(folder / "lds_paired_vs_ekfac.csv")
+    methods = list(dict.fromkeys(lds["method"]))
+    subsets, seeds = int(lds["num_subsets"].max()), int(lds["num_seeds"].max())
+    queries = int(lds["num_queries"].max())
+    lines = [
+        f"LDS (Spearman, mean over {queries} queries, 95% bootstrap CI over queries; "
+        f"{subsets} subsets × {seeds} retraining seed(s) per α):",
+        "",
+        _row(["α", *methods]),
+        _row(["---"] * (len(methods) + 1)),
+    ]
+    for alpha, g in lds.groupby("alpha", sort=True):
+        by = g.set_index("method")
+        cells = [_ci(by.at[m, "lds"], by.at[m, "ci_low"], by.at[m, "ci_high"]) for m in methods]
+        lines.append(_row([f"{alpha:g}", *cells]))
+    lines += ["", "Paired against EK-FAC over the same queries (difference, 95% bootstrap CI; "
+              "*resolved* when the CI excludes 0):", ""]  # fmt: skip
+    for method, g in paired.groupby("method", sort=False):
+        parts = []
+        for _, r in g.sort_values("alpha").iterrows():
+            resolved = r["ci_low"] > 0 or r["ci_high"] < 0
+            ci = _ci(r["lds_difference"], r["ci_low"], r["ci_high"], signed=True)
+            parts.append(f"α = {r['alpha']:g}: {ci}{' (resolved)' if resolved else ''}")
+        lines.append(f"- {method} − EK-FAC: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+#: Display names of the gallery methods, in table order.
+_GALLERY_NAMES = {
+    "bif": "BIF (correlation)",
+    "ekfac": "EK-FAC (raw score)",
+    "trak": "TRAK",
+    "gradsim": "GradSim (cosine)",
+}
+
+
+def vision_block(results_dir: Path) -> str:
+    """Top-k label agreement of the most helpful images per method, with CIs and times, from
+    ``results/imagenet/<dataset>/`` (``make reproduce-imagenet``; the stand-in by default)."""
+    folder = Path(results_dir) / "imagenet" / "mnist5k"
+    table = _read_csv(folder / "label_agreement.csv")
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise ReportError(f"{metrics_path}: missing (run make reproduce-imagenet)")
+    metrics = json.loads(metrics_path.read_text())["metrics"]
+    helpful = table[table["direction"] == "helpful"]
+    ks = sorted(int(k) for k in helpful["k"].unique())
+    n_queries, chance = int(helpful["n_queries"].max()), float(helpful["chance"].max())
+    lines = [
+        _row(["method", *[f"agreement@{k}" for k in ks], "time (s)"]),
+        _row(["---"] * (len(ks) + 2)),
+    ]
+    for method in [m for m in _GALLERY_NAMES if m in set(helpful["method"])]:
+        by = helpful[helpful["method"] == method].set_index("k")
+        cells = [_ci(by.at[k, "agreement"], by.at[k, "ci_low"], by.at[k, "ci_high"]) for k in ks]
+        seconds = metrics.get(f"{method}/seconds", float("nan"))
+        lines.append(_row([_GALLERY_NAMES[method], *cells, _num(seconds, 1)]))
+    lines += ["", f"{n_queries} queries; chance {_num(chance)}; brackets: 95% bootstrap CIs over "
+              "queries; times from the same run (`metrics.json`)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 #: README block name -> its generator (results folder -> markdown).
-BLOCKS: dict[str, Callable[[Path], str]] = {"accuracy": accuracy_block}
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "accuracy": accuracy_block,
+    "lds": lds_block,
+    "vision": vision_block,
+}
 
 
 def _pattern(name: str) -> re.Pattern[str]:
