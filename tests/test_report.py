@@ -62,3 +62,57 @@ def test_committed_readme_matches_the_committed_results() -> None:
     """Numbers in README.md's generated blocks are exactly what results/ says (`make report`)."""
     args = ["--check", "--readme", str(ROOT / "README.md"), "--results", str(ROOT / "results")]
     assert main(args) == 0
+
+
+def test_lds_block_marks_only_differences_whose_ci_excludes_zero(tmp_path: Path) -> None:
+    from bifrepro.report import lds_block
+
+    folder = tmp_path / "lds"
+    folder.mkdir()
+    base = {"subset_size": 50, "lds_std_over_queries": 0.1, "num_queries": 50}
+    base |= {"num_subsets": 40, "num_seeds": 1}
+    pd.DataFrame(
+        [
+            {
+                "method": "BIF (corr)",
+                "variant": "c",
+                "alpha": 0.05,
+                "lds": 0.45,
+                "ci_low": 0.41,
+                "ci_high": 0.49,
+                **base,
+            },
+            {
+                "method": "EK-FAC",
+                "variant": "e",
+                "alpha": 0.05,
+                "lds": 0.29,
+                "ci_low": 0.24,
+                "ci_high": 0.34,
+                **base,
+            },
+        ]  # fmt: skip
+    ).to_csv(folder / "lds.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "method": "BIF (corr)",
+                "alpha": 0.05,
+                "lds_difference": 0.16,
+                "ci_low": 0.1,
+                "ci_high": 0.23,
+            },
+            {
+                "method": "BIF (corr)",
+                "alpha": 0.1,
+                "lds_difference": 0.04,
+                "ci_low": -0.01,
+                "ci_high": 0.09,
+            },
+        ]  # fmt: skip
+    ).to_csv(folder / "lds_paired_vs_ekfac.csv", index=False)
+    text = lds_block(tmp_path)
+    assert "| 0.05 | 0.45 [0.41, 0.49] | 0.29 [0.24, 0.34] |" in text
+    assert "α = 0.05: +0.16 [0.10, 0.23] (resolved)" in text
+    assert "α = 0.1: +0.04 [-0.01, 0.09];" not in text  # last entry: no separator
+    assert "α = 0.1: +0.04 [-0.01, 0.09]" in text and text.count("(resolved)") == 1
