@@ -57,8 +57,9 @@ def hydra_compose() -> Iterator:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import bifrepro.config  # noqa: F401 - schemas and resolvers
+    from bifrepro.config import register_configs
 
+    register_configs()  # every schema and resolver, once per process
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
 

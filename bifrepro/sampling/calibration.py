@@ -19,10 +19,13 @@ The rule
    eigenvalue of ``H`` (mean training loss at w*, on ``curvature_items`` seeded training items) is
    estimated by power iteration on Hessian-vector products, and candidates with
    ``ε·λ_max(A) > max_step_curvature`` (default 1: inflation <= 1.33 in the stiffest direction)
-   are rejected without running. For RMSProp-SGLD only the prior part is used, with
-   ``ε_eff = ε/rmsprop_eps`` (the preconditioner reaches ``1/rmsprop_eps`` in flat directions);
-   where double backward is unsupported, too. Power iteration underestimates ``λ_max`` if it has
-   not converged; the empirical rules below still apply.
+   are rejected without running. For RMSProp-SGLD the chain sees ``P^½AP^½`` (``P`` the diagonal
+   preconditioner, estimated at the end of burn-in by
+   :func:`~bifrepro.sampling.curvature.rmsprop_preconditioner`), so ``ε·λ_max(P^½AP^½)`` is
+   used; without the estimate only the prior part, ``ε_eff·γ`` with ``ε_eff = ε/rmsprop_eps``
+   (the preconditioner reaches ``1/rmsprop_eps`` in flat directions), and ``ε·γ·max(P)`` where
+   double backward is unsupported. Power iteration underestimates ``λ_max`` if it has not
+   converged; the empirical rules below still apply.
 3. **Health.** A candidate is healthy when every rule of :mod:`bifrepro.sampling.health` passes,
    judged for the *real* run's size: the pilot's trend is extrapolated to the real number of
    draws and its effective sample size is projected to the real ``chains × draws``. A pilot that
@@ -33,11 +36,24 @@ The rule
    the caller asks to search them; when searched, the (γ, nβ) pairs are tried in order of their
    log-distance from the caller's values and the closest pair with a healthy ε wins (ties: the
    larger projected ESS) — calibration changes the posterior only as much as needed.
-5. **Cost.** Pilot draws per candidate are set so that the worst case (every grid point evaluated)
-   costs at most ``pilot_fraction`` of the real run, counting forward-pass item evaluations: an
-   SGLD step costs ``3 × batch`` (forward + backward), a draw ``n_observed`` evaluations. A floor
-   of ``min_pilot_draws`` draws applies (tiny real runs then cost more than the fraction, in
-   seconds); the report states the fraction actually spent.
+5. **Step halving.** Health rules cannot see discretisation bias (a biased chain can mix
+   perfectly), so with ``bias_check`` an independent pilot at ε/2 (twice the draws and burn-in:
+   the same time span) must reproduce the chosen pilot's scores and item-loss variance within
+   ``bias_z`` Monte Carlo standard errors (:mod:`bifrepro.sampling.bias_check`); if not, the
+   healthy ε/2 pilot becomes the choice and is checked against ε/4, at most
+   ``bias_check_rounds`` times. The last check is stored in the report (``bias_check``) for
+   ``run_health``; a check still failing names the choice as unverified.
+6. **Draws.** With ``target_resolved`` and queries, the chosen pilot's score standard errors,
+   scaled as ``1/√(chains × draws)``, give the draws per chain at which that share of each
+   query's top-``precision_k`` items is resolved beyond noise
+   (:func:`~bifrepro.sampling.precision_target.draws_for_resolved`); ``num_draws`` is raised to
+   it (never lowered, capped at ``max_draws``; ``precision_reachable`` says whether it fits).
+7. **Cost.** Pilot draws per candidate are set so that the worst case (every grid point
+   evaluated, every halving round counting as two pilots) costs at most ``pilot_fraction`` of the
+   real run, counting forward-pass item evaluations: an SGLD step costs ``3 × batch`` (forward +
+   backward), a draw ``n_observed`` evaluations. A floor of ``min_pilot_draws`` draws applies
+   (tiny real runs then cost more than the fraction, in seconds); the report states the fraction
+   actually spent, halving pilots included.
 
 Everything is seeded (the pilot seed derives from the sampler's and the calibration's seeds), so
 the same call returns the same choice.
@@ -54,11 +70,13 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bifrepro.sampling.bias_check import step_halving_check
 from bifrepro.sampling.calibration_config import (
     RULE,
     SEARCHABLE,
@@ -66,17 +84,26 @@ from bifrepro.sampling.calibration_config import (
     CalibrationError,
 )
 from bifrepro.sampling.calibration_report import CalibrationReport, Candidate
+from bifrepro.sampling.curvature import (
+    preconditioned_top_eigenvalue,
+    rmsprop_preconditioner,
+    top_hessian_eigenvalue,
+)
+from bifrepro.sampling.health import HealthCheck
 from bifrepro.sampling.parameters import count_sampled_parameters
 from bifrepro.sampling.pilots import (
+    StepCurvature,
     pilot_seed,
+    plain_curvature,
     run_cost,
     run_pilot,
     seeded_subset,
-    top_hessian_eigenvalue,
 )
+from bifrepro.sampling.precision_target import draws_for_resolved
 from bifrepro.sampling.sampler import LossFn
 from bifrepro.sampling.step_grid import anchor_grid, coarse_grid
 from bifrepro.sampling.sweep_runs import load_sweep_runs
+from bifrepro.sampling.uncertainty import bif_standard_errors
 from bifrepro.sgld_config import SGLDConfig
 
 __all__ = [
@@ -91,6 +118,9 @@ __all__ = [
     "anchor_grid",
     "coarse_grid",
     "top_hessian_eigenvalue",
+    "preconditioned_top_eigenvalue",
+    "rmsprop_preconditioner",
+    "step_halving_check",
     "load_sweep_runs",
     "RULE",
 ]
@@ -183,20 +213,46 @@ def calibrate_report(
     real_cost = run_cost(config, n_train, n_observed if n_observed else n_train + n_query)
 
     lam_h = math.nan
+    curvature_data = seeded_subset(train_data, cal.curvature_items, cal.seed)
     if cal.estimate_curvature and config.preconditioner == "none":
         lam_h = top_hessian_eigenvalue(
             model,
             loss_fn,
-            seeded_subset(train_data, cal.curvature_items, cal.seed),
+            curvature_data,
             iters=cal.curvature_iters,
             seed=cal.seed,
             batch_size=config.eval_batch_size,
             collate_fn=collate_fn,
         )
         log.info("top Hessian eigenvalue of the mean training loss at w*: %.4g", lam_h)
+    precond: list[torch.Tensor] | None = None
+    if cal.estimate_curvature and config.preconditioner == "rmsprop":
+        precond = rmsprop_preconditioner(model, loss_fn, train_data, config, collate_fn=collate_fn)
+    curvatures: dict[tuple[float, float], StepCurvature] = {}
+
+    def curvature_of(gamma: float, nbeta: float) -> StepCurvature:
+        """κ of one (γ, nβ): what ε·κ <= max_step_curvature is judged against."""
+        if precond is None:
+            return plain_curvature(config, gamma, nbeta, lam_h)
+        if (gamma, nbeta) not in curvatures:
+            lam = preconditioned_top_eigenvalue(
+                model, loss_fn, curvature_data, nbeta, gamma, precond, iters=cal.curvature_iters,
+                seed=cal.seed, batch_size=config.eval_batch_size, collate_fn=collate_fn,
+            )  # fmt: skip
+            if math.isfinite(lam):
+                kappa = StepCurvature(lam, "ε·λ_max(P^½(nβH + γI)P^½)")
+            else:  # P^½AP^½ ⪰ γP for H ⪰ 0: γ·max(P) still bounds λ_max from below
+                p_max = max(float(p.max()) for p in precond) if precond else 0.0
+                kappa = StepCurvature(gamma * p_max, "ε·γ·max(P)")
+            log.info("γ=%g nβ=%g: %s per unit ε = %.4g", gamma, nbeta, kappa.label, kappa.value)
+            curvatures[(gamma, nbeta)] = kappa
+        return curvatures[(gamma, nbeta)]
+
     groups = _pairs(config, cal, search)
     n_pairs = sum(len(g) for g in groups)
-    worst_case = n_pairs * (cal.grid_points + cal.refine_points)
+    # A halving pilot runs twice the steps and draws of a grid pilot: two units each.
+    halving_units = 2 * cal.bias_check_rounds if cal.bias_check else 0
+    worst_case = n_pairs * (cal.grid_points + cal.refine_points) + halving_units
     chains = cal.pilot_chains
     batch = min(config.batch_size, n_train)
     per_chain = cal.pilot_fraction * real_cost / worst_case / chains
@@ -223,11 +279,16 @@ def calibrate_report(
         leave=False,
     )
 
-    def evaluate(eps: float, gamma: float, nbeta: float, stage: str) -> Candidate:
+    def evaluate(
+        eps: float, gamma: float, nbeta: float, stage: str, base: SGLDConfig = pilot_base
+    ) -> Candidate:
         cand = run_pilot(
-            model, loss_fn, train_data, observables, pilot_base, cal, d, eps, gamma, nbeta,
-            stage, config, n_train, n_obs, collate_fn, lam_h,
+            model, loss_fn, train_data, observables, base, cal, d, eps, gamma, nbeta,
+            stage, config, n_train, n_obs, collate_fn, curvature=curvature_of(gamma, nbeta),
+            keep_traces=True,
         )  # fmt: skip
+        if not cand.healthy and stage != "halving":
+            cand.traces = None  # only healthy pilots can be chosen; any halving pilot compared
         candidates.append(cand)
         bar.update(1)
         verdict = "healthy" if cand.healthy else "unhealthy: " + "; ".join(cand.reasons)
@@ -235,7 +296,7 @@ def calibrate_report(
         return cand
 
     def search_step(gamma: float, nbeta: float) -> Candidate | None:
-        steps = anchor_grid(cal, config, gamma, nbeta, lam_h)
+        steps = anchor_grid(cal, config, gamma, nbeta, curvature=curvature_of(gamma, nbeta).value)
         best: Candidate | None = None
         lower: float | None = None  # bottom of the gap to refine
         upper: float | None = None  # top of the gap (an unhealthy grid point)
@@ -269,6 +330,8 @@ def calibrate_report(
         return best
 
     chosen: Candidate | None = None
+    bias: HealthCheck | None = None
+    notes: list[str] = []
     with logging_redirect_tqdm():
         try:
             for group in groups:
@@ -279,15 +342,28 @@ def calibrate_report(
                         key=lambda c: (c.health.stats.get("ess_projected", 0.0), c.step_size),  # type: ignore[union-attr]
                     )
                     break
+            if chosen is not None and cal.bias_check:
+                chosen, bias = _step_halving(chosen, cal, pilot_base, evaluate, notes)
         finally:
             bar.close()
 
+    result = config
+    precision: tuple[int | None, bool | None] = (None, None)
     if chosen is not None:
         result = config.replace(
             step_size=chosen.step_size, localization=chosen.localization, nbeta=chosen.nbeta
         )
-    else:
-        result = config
+        if cal.target_resolved is not None:
+            precision = _precision_draws(chosen, cal, config, n_train, notes)
+            if precision[0] is not None:
+                draws = max(config.num_draws, precision[0])
+                if cal.max_draws is not None:
+                    draws = min(draws, max(cal.max_draws, config.num_draws))
+                result = result.replace(num_draws=draws)
+    for cand in candidates:  # keep the chosen pilot's traces only (memory)
+        if cand is not chosen:
+            cand.traces = None
+    kappa = curvature_of(chosen.localization, chosen.nbeta) if chosen is not None else None
     report = CalibrationReport(
         config=result,
         original=config,
@@ -300,13 +376,118 @@ def calibrate_report(
         seconds=time.perf_counter() - start_time,
         search=search,
         hessian_top_eigenvalue=lam_h,
+        top_eigenvalue=kappa.value if kappa is not None else math.nan,
+        curvature=chosen.step_curvature if chosen is not None else None,
+        bias_check=bias,
+        draws_needed=precision[0],
+        precision_reachable=precision[1],
+        notes=notes,
     )
+    for note in notes:
+        log.info("calibration: %s", note)
     log.info(report.summary())
     if chosen is None:
         if cal.on_failure == "raise":
             raise CalibrationError(report.summary())
         warnings.warn(report.summary(), RuntimeWarning, stacklevel=2)
     return report
+
+
+def _step_halving(
+    chosen: Candidate,
+    cal: CalibrationConfig,
+    pilot_base: SGLDConfig,
+    evaluate: Callable[..., Candidate],
+    notes: list[str],
+) -> tuple[Candidate, HealthCheck]:
+    """Step-halving rounds on the chosen pilot; returns the final choice and the last check.
+
+    Each round runs an independent pilot at ε/2 with twice the draws and burn-in (the same
+    simulated time span and equilibration time, and the real run's thinning, so its health
+    projection still holds) and compares the two pilots' scores
+    (:func:`~bifrepro.sampling.bias_check.step_halving_check`). If they differ and the ε/2 pilot is
+    healthy, it becomes the choice (halving the step halves the O(ε) bias) and, while rounds
+    remain, is compared with ε/4 in turn. A check still failing after the last round stays in the
+    report: the choice is then the least biased healthy step tried, not a verified one.
+    """
+    current = chosen
+    check = HealthCheck("step_halving", math.nan, 1.0, False, "not run")
+    for r in range(cal.bias_check_rounds):
+        seed = int(np.random.SeedSequence([pilot_base.seed, r, 0x4A1F]).generate_state(1)[0])
+        base = pilot_base.replace(
+            num_draws=2 * pilot_base.num_draws, burn_in=2 * pilot_base.burn_in, seed=seed
+        )
+        eps = current.step_size
+        half = evaluate(eps / 2, current.localization, current.nbeta, "halving", base)
+        if half.traces is None or current.traces is None:  # diverged: nothing to compare
+            detail = f"ε={eps:.3g} vs ε/2: the ε/2 pilot {'; '.join(half.reasons)}"
+            check = HealthCheck("step_halving", math.nan, 1.0, False, detail)
+            break
+        got = step_halving_check(current.traces, half.traces, z=cal.bias_z)
+        detail = f"ε={eps:.3g} vs ε/2: {got.detail}"
+        if not got.passed and not half.healthy:
+            detail += f" (ε/2 not adopted, its pilot is unhealthy: {'; '.join(half.reasons)})"
+        check = HealthCheck(got.name, got.value, got.limit, got.passed, detail)
+        log.info("  step halving: %s", check)
+        if check.passed or not half.healthy:
+            break
+        current = half
+    if not check.passed:
+        notes.append(
+            f"step-halving check failed ({check.detail}); chose ε={current.step_size:.3g}, the "
+            f"least biased healthy step tried, which is NOT verified free of discretisation bias"
+        )
+    elif current is not chosen:
+        notes.append(
+            f"step halving lowered ε from {chosen.step_size:.3g} to {current.step_size:.3g} "
+            f"(discretisation bias at the larger step)"
+        )
+    return current, check
+
+
+def _precision_draws(
+    chosen: Candidate, cal: CalibrationConfig, config: SGLDConfig, n_train: int, notes: list[str]
+) -> tuple[int | None, bool | None]:
+    """Draws per chain for ``target_resolved`` from the chosen pilot: (needed, reachable).
+
+    Scores are correlations (the BIF default) between the pilot's queries and training items.
+    """
+    traces = chosen.traces
+    if (
+        traces is None
+        or "query" not in traces
+        or traces["query"].dim() + traces["train"].dim() != 6
+    ):
+        notes.append("precision target skipped: it needs per-item query traces in the pilots")
+        return None, None
+    unc = bif_standard_errors(traces["query"], traces["train"])
+    k = min(cal.precision_k, traces["train"].shape[2] - 1)
+    needed = draws_for_resolved(unc, cal.target_resolved, k=k, num_chains=config.num_chains)
+    budget = cal.max_draws if cal.max_draws is not None else math.inf
+    reachable = needed <= budget
+    shown = int(min(needed, 2**62))
+    ranked = traces["train"].shape[2]
+    subset = (
+        f"; the pilot ranks {ranked} of {n_train} training items, so this is optimistic for the "
+        f"full training set (closer scores, smaller gaps)"
+        if ranked < n_train
+        else ""
+    )
+    what = (
+        f"{cal.target_resolved:.0%} of the top-{k} resolved (pilot's {unc.num_chains}×"
+        f"{unc.num_draws} draws extrapolated to {config.num_chains} chains{subset})"
+    )
+    if not math.isfinite(needed):
+        notes.append(f"precision target NOT reachable with any number of draws: {what}")
+        return None, False
+    if not reachable:
+        notes.append(
+            f"precision target NOT reachable within max_draws={cal.max_draws}: {shown} "
+            f"draws/chain needed for {what}"
+        )
+    else:
+        notes.append(f"{shown} draws/chain needed for {what}")
+    return shown, reachable
 
 
 def calibrate(

@@ -23,12 +23,17 @@ RULE = (
     "mix too slowly), then refined between the largest healthy grid point and the next "
     "larger one (if no grid point is healthy: between the largest step that did not diverge and the "
     "next larger one). Steps with ε·λ_max(nβH+γI) > max_step_curvature (power-iteration estimate "
-    "of the Hessian's top eigenvalue) are rejected unrun. A pilot is healthy when no chain drifts "
+    "of the Hessian's top eigenvalue; for RMSProp-SGLD λ_max(P^½(nβH+γI)P^½) with P the "
+    "preconditioner after burn-in) are rejected unrun. A pilot is healthy when no chain drifts "
     "(trend extrapolated to the real run's draws), split R-hat projected to the real run's draws "
     "<= max_rhat, the ESS projected to "
     "the real run >= min_ess, E|w-w*|² <= distance_slack·d/(γ(1-εγ/4)), λ̂ = nβ·ΔL <= "
     "loss_slack·d/2 and per-chain trends explain <= max_trend_share of the item covariance. "
-    "Searched γ/nβ: the pair closest (in log) to the caller's that has a healthy ε wins."
+    "Searched γ/nβ: the pair closest (in log) to the caller's that has a healthy ε wins. Step "
+    "halving (bias_check): an independent pilot at ε/2 must reproduce the chosen pilot's scores "
+    "and item-loss variance within bias_z standard errors, else the healthy ε/2 is chosen "
+    "(at most bias_check_rounds times). With target_resolved, num_draws is raised to what the "
+    "chosen pilot's standard errors say that share of resolved top-k items needs (<= max_draws)."
 )
 
 
@@ -85,6 +90,22 @@ class CalibrationConfig:
     on_failure: str = "keep"
     #: Seed of the pilot item subset and (with the sampler's seed) of the pilot chains.
     seed: int = 0
+    #: Step-halving bias check: after choosing ε, a pilot at ε/2 (twice the draws and burn-in:
+    #: the same time span) must give the same pilot scores within Monte Carlo error; else ε/2
+    #: is tried instead (discretisation bias is invisible to the other health rules).
+    bias_check: bool = True
+    #: Most halvings the bias check may make (each costs about two pilots).
+    bias_check_rounds: int = 2
+    #: |z| above which the step-halving statistics count as a systematic difference.
+    bias_z: float = 3.0
+    #: Precision target: share of each query's top-``precision_k`` items resolved beyond Monte
+    #: Carlo noise (``uncertainty.topk_resolved``, mean over queries) that the real run's draws
+    #: should reach, extrapolated from the chosen pilot (needs queries). None: keep num_draws.
+    target_resolved: float | None = None
+    #: k of the precision target's top-k.
+    precision_k: int = 10
+    #: Most draws per chain the precision target may ask for (None: no limit).
+    max_draws: int | None = None
     #: Thresholds of the health rules.
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
 
@@ -98,7 +119,7 @@ class CalibrationConfig:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"CalibrationConfig.{name}={getattr(self, name)!r} is invalid: {why}")
 
-        for name in ("grid_min", "grid_max", "pilot_fraction", "max_step_curvature"):
+        for name in ("grid_min", "grid_max", "pilot_fraction", "max_step_curvature", "bias_z"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v < math.inf:
                 bad(name, "must be a finite number > 0")
@@ -112,6 +133,8 @@ class CalibrationConfig:
             ("min_pilot_draws", 8),
             ("curvature_items", 1),
             ("curvature_iters", 1),
+            ("bias_check_rounds", 1),
+            ("precision_k", 1),
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -120,6 +143,16 @@ class CalibrationConfig:
             values = list(getattr(self, name))
             if not values or any(not float(v) > 0 for v in values):
                 bad(name, "must be a non-empty list of numbers > 0")
+        if not isinstance(self.bias_check, bool):
+            bad("bias_check", "must be true or false")
+        t = self.target_resolved
+        if t is not None and (
+            not isinstance(t, int | float) or isinstance(t, bool) or not 0 < t <= 1
+        ):
+            bad("target_resolved", "must be None or a number in (0, 1]")
+        m = self.max_draws
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            bad("max_draws", "must be None or an integer >= 1")
         if self.on_failure not in ("keep", "raise"):
             bad("on_failure", "must be 'keep' or 'raise'")
         if isinstance(self.thresholds, dict):

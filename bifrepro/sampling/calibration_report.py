@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import torch
 
 from bifrepro.io import atomic_save_figure, atomic_write_csv, atomic_write_json
 from bifrepro.sampling.calibration_config import RULE, CalibrationConfig
-from bifrepro.sampling.health import HealthReport
+from bifrepro.sampling.health import HealthCheck, HealthReport
 from bifrepro.sgld_config import SGLDConfig
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Candidate:
     step_size: float
     localization: float
     nbeta: float
-    #: "coarse" or "refine".
+    #: "coarse", "refine" or "halving" (the ε/2 pilot of the step-halving bias check).
     stage: str
     #: "ok" (ran), "diverged" (SamplerDivergedError) or "skipped" (rejected without running).
     status: str
@@ -42,12 +42,15 @@ class Candidate:
     distance: torch.Tensor | None = None
     init_loss: float = math.nan
     distance_bound: float = math.nan
-    #: ε_eff·λ_max(nβH + γI) used by the pre-filter (NaN: not estimated).
+    #: ε·κ used by the pre-filter, κ the stiffest curvature the chain sees: λ_max(nβH + γI),
+    #: λ_max(P^½(nβH + γI)P^½) for RMSProp-SGLD, or γ (/rmsprop_eps) without an estimate.
     step_curvature: float = math.nan
     seconds: float = 0.0
     cost: float = 0.0
     pilot_chains: int = 0
     pilot_draws: int = 0
+    #: The pilot's loss traces, kept only where needed (chosen pilot, step-halving pilots).
+    traces: Any = field(default=None, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:
@@ -102,11 +105,47 @@ class CalibrationReport:
     #: Estimated top eigenvalue of the Hessian of the mean training loss at w* (NaN: none).
     hessian_top_eigenvalue: float = math.nan
     rule: str = RULE
+    #: κ of the chosen (γ, nβ): the stiffest curvature the chain sees, λ_max(nβH + γI) or, for
+    #: RMSProp-SGLD, λ_max(P^½(nβH + γI)P^½) (NaN: not estimated).
+    top_eigenvalue: float = math.nan
+    #: ε_chosen·κ (variance inflation 1/(1 - x/4) in the stiffest direction); None: no choice.
+    curvature: float | None = None
+    #: Outcome of the step-halving bias check on the chosen step (None: off or nothing chosen).
+    bias_check: HealthCheck | None = None
+    #: Draws per chain the precision target needs (None: no target or no queries).
+    draws_needed: int | None = None
+    #: Whether ``target_resolved`` is reachable within ``max_draws`` (None: not asked / n/a).
+    precision_reachable: bool | None = None
+    #: Remarks on the choice (bias check, precision target), also in the summary and JSON.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
         """Whether a healthy candidate was found (False: ``config`` is the caller's)."""
         return self.chosen is not None
+
+    def health_evidence(self, config: SGLDConfig | None = None) -> dict[str, Any]:
+        """What this calibration measured that a run's health check cannot see from its traces:
+        keyword arguments for :func:`~bifrepro.sampling.run_health` / ``run_bif``.
+
+        ``step_curvature`` is ``ε·κ`` at the run's step (``config``, default the chosen one) with
+        κ measured here, when the run samples the same posterior (same γ, nβ, preconditioner);
+        the step-halving check vouches for steps no larger than the one it checked.
+        """
+        run = config or self.config
+        same = (
+            run.localization == self.config.localization
+            and run.nbeta == self.config.nbeta
+            and run.preconditioner == self.config.preconditioner
+        )
+        out: dict[str, Any] = {"step_curvature": None, "extra_checks": ()}
+        if not same or self.chosen is None:
+            return out
+        if math.isfinite(self.top_eigenvalue):
+            out["step_curvature"] = run.step_size * self.top_eigenvalue
+        if self.bias_check is not None and run.step_size <= self.config.step_size * (1 + 1e-9):
+            out["extra_checks"] = (self.bias_check,)
+        return out
 
     @property
     def pilot_cost(self) -> float:
@@ -142,9 +181,17 @@ class CalibrationReport:
         edge = ""
         if c.step_size >= self.calibration.grid_max * (1 - 1e-9):
             edge = "; at grid_max: raise it to try larger steps"
+        extra = ""
+        if self.curvature is not None and math.isfinite(self.curvature):
+            extra += f"; ε·λ_max = {self.curvature:.3g}"
+        if self.bias_check is not None:
+            extra += f"; step halving {'ok' if self.bias_check.passed else 'FAILED'}"
+        if self.precision_reachable is not None:
+            extra += f"; {self.config.num_draws} draws/chain"
+            extra += "" if self.precision_reachable else " (precision target NOT reachable)"
         return (
             f"calibration chose ε={c.step_size:.3g} (γ={c.localization:g}, nβ={c.nbeta:g}; "
-            f"largest healthy of {tried}; {cost}{edge})"
+            f"largest healthy of {tried}; {cost}{edge}{extra})"
         )
 
     def advice(self) -> str:
@@ -178,7 +225,17 @@ class CalibrationReport:
             f"{prefix}cost_fraction": float(self.cost_fraction),
             f"{prefix}seconds": float(self.seconds),
             f"{prefix}hessian_top_eigenvalue": float(self.hessian_top_eigenvalue),
+            f"{prefix}top_eigenvalue": float(self.top_eigenvalue),
+            f"{prefix}step_curvature": math.nan if self.curvature is None else self.curvature,
+            f"{prefix}num_draws": float(self.config.num_draws),
         }
+        if self.bias_check is not None:
+            out[f"{prefix}step_halving_ok"] = float(self.bias_check.passed)
+            out[f"{prefix}step_halving_value"] = float(self.bias_check.value)
+        if self.precision_reachable is not None:
+            out[f"{prefix}precision_reachable"] = float(self.precision_reachable)
+        if self.draws_needed is not None:
+            out[f"{prefix}draws_needed"] = float(self.draws_needed)
         if self.chosen is not None and self.chosen.health is not None:
             for k, v in self.chosen.health.stats.items():
                 out[f"{prefix}chosen_{k}"] = float(v)
@@ -204,6 +261,8 @@ class CalibrationReport:
                     "original": asdict(self.original),
                     "calibration": asdict(self.calibration),
                     "metrics": self.to_metrics(prefix=""),
+                    "bias_check": None if self.bias_check is None else asdict(self.bias_check),
+                    "notes": list(self.notes),
                 },
                 out / "calibration.json",
             ),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,7 +217,7 @@ def test_a_window_narrower_than_the_grid_is_found_by_refining_below_the_divergen
     assert 1e-3 < report.config.step_size < 4 / lam_max
     # The anchored grid starts inside that window (at the curvature limit): one pilot suffices.
     anchored = calibrate_report(
-        model, mse_loss, data, _config(), calibration=CalibrationConfig(**kw)
+        model, mse_loss, data, _config(), calibration=CalibrationConfig(bias_check=False, **kw)
     )
     assert anchored.chosen is not None and anchored.chosen.stage == "coarse"
     assert len(anchored.table) == 1 and anchored.config.step_size > report.config.step_size
@@ -273,9 +275,10 @@ def test_calibration_config_validation_and_omegaconf_roundtrip():
 def test_hydra_sampler_auto_turns_calibration_on():
     from hydra import compose, initialize_config_dir
 
-    import bifrepro.config  # noqa: F401 - registers the harness's schemas
+    from bifrepro.config import register_configs
     from experiments import CONF_DIR
 
+    register_configs()  # the harness's schemas
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         off = compose("config")
         auto = compose("config", overrides=["sampler=auto", "calibration.grid_min=1e-6"])
@@ -288,3 +291,132 @@ def test_hydra_sampler_auto_turns_calibration_on():
     # sampler=auto is plain SGLD with the experiment's own settings (the toy's nβ = 100).
     assert auto.sampler.preconditioner == "none" and auto.sampler.nbeta == off.sampler.nbeta
     assert rms.sampler.preconditioner == "rmsprop" and rms.calibration.enabled
+
+
+# -- step-halving bias check, preconditioned curvature, precision target --------------------------
+
+
+def _edge_calibration(bias_check: bool) -> CalibrationConfig:
+    """A permissive pre-filter (ε·λ_max up to 2.5: inflation 2.7 in the stiffest direction) whose
+    first pilot passes every health rule although its scores are biased."""
+    return CalibrationConfig(max_step_curvature=2.5, bias_check=bias_check, **_GRID)
+
+
+def test_step_halving_lowers_a_biased_step_the_health_rules_accept(problem):
+    data, model, lam_max = problem
+    plain = calibrate_report(
+        model, mse_loss, data, _config(), calibration=_edge_calibration(False), progress=False
+    )
+    # Without the check the biased edge step is chosen: every health rule passes there.
+    assert plain.chosen is not None and plain.chosen.health.is_healthy
+    assert plain.config.step_size * lam_max == pytest.approx(2.5, rel=0.02)
+    assert plain.bias_check is None
+    checked = calibrate_report(
+        model, mse_loss, data, _config(), calibration=_edge_calibration(True), progress=False
+    )
+    # With it (removing the check from calibrate_report makes this fail) the step is halved.
+    assert checked.config.step_size <= plain.config.step_size / 2 * 1.001
+    assert checked.bias_check is not None and checked.bias_check.name == "step_halving"
+    assert checked.bias_check.passed, checked.bias_check.detail
+    assert any("lowered ε" in note for note in checked.notes)
+    table = checked.table
+    assert (table["stage"] == "halving").sum() >= 2
+    assert table.loc[table["chosen"], "stage"].item() == "halving"
+    # The halving pilots run twice the draws and their cost counts.
+    halving = [c for c in checked.candidates if c.stage == "halving"]
+    assert all(c.pilot_draws == 2 * checked.candidates[0].pilot_draws for c in halving)
+    assert checked.pilot_cost == pytest.approx(sum(c.cost for c in checked.candidates))
+    assert checked.cost_fraction > plain.cost_fraction
+    metrics = checked.to_metrics()
+    assert metrics["calibration/step_halving_ok"] == 1.0
+    assert metrics["calibration/step_curvature"] == pytest.approx(
+        checked.config.step_size * lam_max, rel=0.02
+    )
+    assert "step halving ok" in checked.summary()
+
+
+def test_a_step_halving_failure_is_reported_when_the_rounds_run_out(problem, tmp_path):
+    data, model, _ = problem
+    cal = _edge_calibration(True)
+    cal.bias_check_rounds = 1
+    report = calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
+    assert report.bias_check is not None and not report.bias_check.passed
+    assert "ε=" in report.bias_check.detail and "variance" in report.bias_check.detail
+    assert report.chosen is not None and report.chosen.stage == "halving"  # least biased tried
+    assert any("NOT verified" in note for note in report.notes)
+    assert "step halving FAILED" in report.summary()
+    saved = json.loads(Path(report.save(tmp_path)["json"]).read_text())
+    assert saved["bias_check"]["name"] == "step_halving" and not saved["bias_check"]["passed"]
+
+
+def test_rmsprop_prefilter_uses_the_preconditioned_curvature(problem):
+    data, model, lam_max = problem
+    # Full batches: the gradient vanishes at w*, so P = 1/rmsprop_eps = 10 and the chain sees
+    # 10·A. At ε = 1e-3 the old rule ε_eff·γ = 0.2 admits the step, but ε·λ_max(P^½AP^½) = 1.76.
+    config = _config(preconditioner="rmsprop", rmsprop_eps=0.1)
+    cal = CalibrationConfig(anchor_grid=False, bias_check=False, **_GRID)
+    report = calibrate_report(model, mse_loss, data, config, calibration=cal, progress=False)
+    assert report.top_eigenvalue == pytest.approx(10 * lam_max, rel=1e-3)
+    row = report.table.set_index("step_size").loc[1e-3]
+    assert row["status"] == "skipped" and "P^½" in row["reasons"]
+    assert row["step_curvature"] == pytest.approx(1e-3 * 10 * lam_max, rel=1e-3)
+    assert report.chosen is not None
+    assert report.curvature == pytest.approx(report.config.step_size * 10 * lam_max, rel=1e-3)
+    assert report.curvature <= cal.max_step_curvature
+    # The old rule (no estimate: ε_eff·γ only) runs that step and would choose above the limit.
+    old = CalibrationConfig(anchor_grid=False, bias_check=False, estimate_curvature=False, **_GRID)
+    before = calibrate_report(model, mse_loss, data, config, calibration=old, progress=False)
+    assert before.table.set_index("step_size").loc[1e-3, "status"] == "ok"
+    assert before.config.step_size * 10 * lam_max > 1
+
+
+def test_precision_target_sets_the_draws_or_says_it_is_out_of_budget(problem):
+    data, model, _ = problem
+    xq, yq, _ = regression_problem(n=8, d=3, seed=1)
+    queries = TensorDataset(xq, yq)
+    cal = CalibrationConfig(target_resolved=0.9, precision_k=5, bias_check=False, **_GRID)
+    report = calibrate_report(
+        model, mse_loss, data, _config(), calibration=cal, query_data=queries, progress=False
+    )
+    assert report.draws_needed is not None and report.draws_needed > _config().num_draws
+    assert report.precision_reachable is True
+    assert report.config.num_draws == report.draws_needed
+    assert report.config.replace(num_draws=200, step_size=1e-4) == _config()
+    # The chosen pilot's standard errors, scaled to the real run, reach the target there.
+    pilot = report.chosen.traces
+    assert pilot is not None
+    from bifrepro.sampling.uncertainty import bif_standard_errors, topk_resolved
+
+    unc = bif_standard_errors(pilot["query"], pilot["train"])
+    scale = (unc.num_chains * unc.num_draws / (4 * report.config.num_draws)) ** 0.5
+    unc.se = unc.se * scale
+    assert float(topk_resolved(unc, k=5).mean()) >= 0.9 - 1e-9
+    # Within a budget too small for it: capped, and said so.
+    cal.max_draws = 300
+    capped = calibrate_report(
+        model, mse_loss, data, _config(), calibration=cal, query_data=queries, progress=False
+    )
+    assert capped.precision_reachable is False and capped.config.num_draws == 300
+    assert any("NOT reachable" in note for note in capped.notes)
+    assert capped.to_metrics()["calibration/precision_reachable"] == 0.0
+    # Without queries there is nothing to resolve: the draws are kept and a note says why.
+    plain = calibrate_report(model, mse_loss, data, _config(), calibration=cal, progress=False)
+    assert plain.config.num_draws == 200 and plain.precision_reachable is None
+    assert any("needs per-item query traces" in note for note in plain.notes)
+
+
+def test_new_calibration_fields_are_validated():
+    for bad in (
+        {"bias_check_rounds": 0},
+        {"bias_z": 0.0},
+        {"bias_z": math.inf},
+        {"target_resolved": 1.5},
+        {"target_resolved": 0.0},
+        {"precision_k": 0},
+        {"max_draws": 0},
+        {"bias_check": "yes"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CalibrationConfig(**bad)
+    ok = CalibrationConfig(target_resolved=0.5, max_draws=1000, bias_check_rounds=3)
+    assert ok.target_resolved == 0.5 and ok.max_draws == 1000
