@@ -169,8 +169,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             traces_dir = cache_dir / "traces" / traces_key(sampler, settings)
         results: dict[str, MethodResult] = {}
         results["bif"], health = run_gallery_bif(
-            model, task, pool, sampler, exp.normalize, exp.gallery_k, traces_dir, exp.progress
-        )
+            model, task, pool, sampler, exp.normalize, exp.gallery_k, traces_dir, exp.progress,
+            evidence=report.health_evidence(sampler) if report is not None else None,
+        )  # fmt: skip
         ek_model, tracked = keep_last_layers(model, last)
         results["ekfac"] = run_attributor(
             "ekfac", methods["ekfac"], ek_model, task, pool, ekfac_note(tracked, len(layers))

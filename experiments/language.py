@@ -168,7 +168,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(diag.to_metrics("chain/"))
         # every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
         thresholds = vc.calibration.thresholds
-        health = assess_traces(traces, thresholds=thresholds)  # d = traces.num_params
+        evidence = report.health_evidence(sampler) if report is not None else {}
+        # d = traces.num_params; the calibration's measured curvature and step-halving check
+        health = assess_traces(traces, thresholds=thresholds, **evidence)
         metrics.update(health.to_metrics("health/"))
         healthy = bool(diag.is_healthy) and health.is_healthy
         if not healthy:

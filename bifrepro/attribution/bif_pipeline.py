@@ -13,6 +13,7 @@ to report from a run whose chains blew up.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from bifrepro.sampling import (
     run_health,
     sample_loss_traces,
 )
+from bifrepro.sampling.health import HealthCheck
 
 __all__ = ["Observed", "BIFRun", "sample_bif_traces", "run_bif"]
 
@@ -103,11 +105,16 @@ def run_bif(
     progress: bool | None = None,
     normalize: str = "correlation",
     thresholds: HealthThresholds | None = None,
+    step_curvature: float | None = None,
+    extra_checks: Sequence[HealthCheck | None] = (),
 ) -> BIFRun:
     """Sample (:func:`sample_bif_traces`), then judge the chains (every health rule).
 
     ``query=None`` scores the training items against themselves; ``normalize`` is the score the
-    detrending effect is measured on (per-item traces only). Raises
+    detrending effect and the precision rule are measured on (per-item traces only).
+    ``step_curvature`` (the calibration's measured ``ε·λ_max(P^½(nβH + γI)P^½)``) and
+    ``extra_checks`` (e.g. its ``step_halving`` bias check) go to
+    :func:`~bifrepro.sampling.run_health`. Raises
     :class:`~bifrepro.sampling.SamplerDivergedError` when the sampler diverges.
     """
     traces = sample_bif_traces(
@@ -115,5 +122,12 @@ def run_bif(
     )
     qname = "train" if query is None else "query"
     # d for the health bounds: traces.num_params, recorded by the sampler
-    health = run_health(traces, query=qname, normalize=normalize, thresholds=thresholds)
+    health = run_health(
+        traces,
+        query=qname,
+        normalize=normalize,
+        thresholds=thresholds,
+        step_curvature=step_curvature,
+        extra_checks=extra_checks,
+    )
     return BIFRun(traces, health, qname)

@@ -123,9 +123,12 @@ def run_gallery_bif(
     gallery_k: int,
     traces_dir: Path | None = None,
     progress: bool | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> tuple[MethodResult, RunHealth]:
     """BIF of every query against the pool, with chain health and score uncertainty.
 
+    ``evidence``: what a calibration measured for this sampler
+    (:meth:`~bifrepro.sampling.CalibrationReport.health_evidence`), judged with the traces.
     A diverged sampler raises (:class:`~bifrepro.sampling.SamplerDivergedError`).
     """
     t0 = time.perf_counter()
@@ -139,6 +142,7 @@ def run_gallery_bif(
         out_dir=traces_dir,
         progress=progress,
         normalize=normalize,
+        **(evidence or {}),
     )
     scores = run.scores(normalize)
     seconds = time.perf_counter() - t0

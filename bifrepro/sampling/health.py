@@ -40,6 +40,24 @@ The rules (defaults in :class:`HealthThresholds`)
     Share of the item-trace covariance explained by per-chain linear trends,
     ``||C - C_detrended||_F / ||C||_F <= 0.5`` — directly the damage a drift would do to BIF
     (reported Pythia-70m runs: 88–99%).
+``step``
+    Discretisation bias: on a Gaussian target SGLD inflates the variance of a direction with
+    (preconditioned) precision ``a`` by ``1/(1 - εa/4)`` (``docs/science.md`` §7), so
+    ``ε·λ_max(P^½(nβH + γI)P^½) <= 1`` (inflation <= 1.33). With the value measured by the
+    calibration (``step_curvature``) that is what is judged; without it only ``ε_eff·γ`` (or
+    ``ε_eff·(γ + nβ·λ_max(H))``), a *lower bound* on the stiffest curvature. For RMSProp-SGLD the
+    lower bound sees only directions where the preconditioner sits at its ``1/rmsprop_eps`` cap,
+    so a step can pass it and still be biased in stiff directions (the detail says so).
+``precision`` (:func:`run_health`, per-item traces)
+    Monte Carlo noise: the mean share of each query's top-k (``precision_k``) whose scores beat
+    rank ``k+1`` by more than 1.96 combined batch-means standard errors is ``>= 0.5``
+    (:func:`~bifrepro.sampling.uncertainty.topk_resolved`); the draws per chain that would get
+    there (:func:`~bifrepro.sampling.precision_target.draws_for_resolved`) are recorded.
+    Per-token traces skip it (their score matrix is tokens × tokens).
+Extra checks
+    Checks computed elsewhere (e.g. the calibration's step-halving bias check, ``step_halving``)
+    can be handed to :func:`assess_chains`, :func:`assess_traces` and :func:`run_health`
+    (``extra_checks``); they are appended and count toward the verdict like any rule.
 
 All rules must pass for a run to be healthy, and NaN never passes: a rule whose statistic is NaN
 (non-finite losses or distances, too few draws for R-hat) fails with the reason. Thresholds are fields of :class:`HealthThresholds`
@@ -51,7 +69,7 @@ that changes in the scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,9 +81,11 @@ from bifrepro.chain_diagnostics import (
     TREND_T_THRESHOLD,
     ChainDiagnostics,
 )
+from bifrepro.sampling.precision_target import draws_for_resolved
+from bifrepro.sampling.uncertainty import bif_standard_errors, topk_resolved
 from bifrepro.stats import detrend_chains, split_rhat, trace_association, trend_tstat
 from bifrepro.traces import LossTraces
-from bifrepro.validation import finite_numbers
+from bifrepro.validation import bad, finite_numbers
 
 __all__ = [
     "HealthThresholds",
@@ -84,6 +104,7 @@ __all__ = [
     "check_step",
     "check_loss",
     "check_trend_share",
+    "check_precision",
     "assess_chains",
     "assess_traces",
     "detrend_effect",
@@ -113,15 +134,30 @@ class HealthThresholds:
     loss_slack: float = 2.0
     #: Largest acceptable share of the item covariance explained by per-chain linear trends.
     max_trend_share: float = 0.5
-    #: Largest acceptable ε_eff·γ: the localization alone is a lower bound on the stiffest
-    #: curvature λ_max(nβH + γI) at a minimum, so above this the Euler step is too coarse.
+    #: Largest acceptable ε·λ_max(P^½(nβH + γI)P^½) (variance inflation 1/(1 - x/4) <= 1.33);
+    #: judged on the calibration's measured value when given, else on the lower bound ε_eff·γ.
     max_step_curvature: float = 1.0
+    #: Length of the top-k lists the precision rule judges (lowered to n_train - 1 if needed).
+    precision_k: int = 10
+    #: Smallest acceptable mean share of each query's top-k resolved beyond Monte Carlo noise
+    #: (0 switches the precision rule off). 0.5: below it most of a top-k list is set by noise,
+    #: a rerun would swap most of it out, and rank agreement with the exact influence is capped by
+    #: the noise whatever the sampler's law; at 0.5 at least its leading half is signal.
+    min_resolved_share: float = 0.5
 
     def __post_init__(self) -> None:
         finite_numbers(self)
         for name, value in asdict(self).items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"HealthThresholds.{name}={value!r} is invalid: must be > 0")
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                bad(self, name, "must be a number")
+            if name == "min_resolved_share":
+                if not 0 <= value <= 1:
+                    bad(self, name, "must be in [0, 1] (0: precision rule off)")
+            elif name == "precision_k":
+                if not (isinstance(value, int) and value >= 1):
+                    bad(self, name, "must be an integer >= 1")
+            elif not value > 0:
+                bad(self, name, "must be > 0")
 
 
 @dataclass
@@ -450,22 +486,43 @@ def check_step(
     thresholds: HealthThresholds | None = None,
     hessian_top_eigenvalue: float | None = None,
     nbeta: float = 0.0,
+    *,
+    step_curvature: float | None = None,
+    preconditioned: bool = False,
 ) -> HealthCheck:
-    """Step rule: ``ε_eff·(γ + nβ·λ_max(H)) <= max_step_curvature`` (``λ_max(H)`` when known).
+    """Step rule: ``ε·λ_max(P^½(nβH + γI)P^½) <= max_step_curvature``.
 
-    ``step_size`` is the effective step (``ε / rmsprop_eps`` for RMSProp-SGLD, an upper bound).
-    A step far beyond the stiffest direction's scale need not diverge (curvature can fall away
-    from ``w*``), and its chains can look stationary and well mixed, yet the samples are not
-    from the local posterior: this rule names it.
+    ``step_curvature`` is that product as measured by the calibration; when given it is judged
+    (NaN fails: pass ``None`` when nothing was measured). Otherwise the rule falls back to
+    ``ε_eff·(γ + nβ·λ_max(H))`` (``λ_max(H)`` when known, else ``ε_eff·γ``), a lower bound on the
+    stiffest curvature; ``step_size`` is then the effective step (``ε / rmsprop_eps`` for
+    RMSProp-SGLD, ``preconditioned=True``, where the bound only covers directions at the
+    preconditioner's cap). A step far beyond the stiffest direction's scale need not diverge, and
+    its chains can look stationary and well mixed, yet the samples are biased: this rule names it.
     """
     th = thresholds or HealthThresholds()
+    limit = th.max_step_curvature
+    if step_curvature is not None:
+        value = float(step_curvature)
+        ok = value <= limit * (1 + 1e-6)  # False for NaN
+        detail = f"measured ε·λ_max(P^½(nβH + γI)P^½) = {value:.3g} vs <= {limit:g}"
+        if math.isnan(value):
+            detail = "measured step curvature is NaN (pass None when it was not measured)"
+        return HealthCheck("step", value, limit, ok, detail)
     lam = abs(hessian_top_eigenvalue) if hessian_top_eigenvalue is not None else math.nan
     curvature = localization + (nbeta * lam if math.isfinite(lam) else 0.0)
     value = step_size * curvature
     what = "ε_eff·λ_max(nβH + γI)" if math.isfinite(lam) else "ε_eff·γ"
-    ok = value <= th.max_step_curvature * (1 + 1e-6)  # False for NaN
-    detail = f"{what} = {value:.3g} vs <= {th.max_step_curvature:g}"
-    return HealthCheck("step", value, th.max_step_curvature, ok, detail)
+    ok = value <= limit * (1 + 1e-6)  # False for NaN
+    detail = f"{what} = {value:.3g} vs <= {limit:g}"
+    if preconditioned:
+        detail += (
+            " (RMSProp: only a lower bound on ε·λ_max(P^½(nβH + γI)P^½); stiff directions "
+            "unchecked without a measured step_curvature)"
+        )
+    elif not math.isfinite(lam):
+        detail += " (a lower bound on ε·λ_max(nβH + γI))"
+    return HealthCheck("step", value, limit, ok, detail)
 
 
 def check_distance(
@@ -530,6 +587,87 @@ def check_trend_share(
     return HealthCheck("trend_share", share, th.max_trend_share, ok, detail), {"trend_share": share}
 
 
+def check_precision(
+    query: torch.Tensor,
+    train: torch.Tensor,
+    thresholds: HealthThresholds | None = None,
+    normalize: str = "correlation",
+    max_queries: int | None = 32,
+    max_train: int | None = 4096,
+) -> tuple[HealthCheck, dict[str, float]]:
+    """Precision rule: mean share of each query's top-k resolved beyond Monte Carlo noise.
+
+    Scores and their batch-means standard errors come from
+    :func:`~bifrepro.sampling.uncertainty.bif_standard_errors`; ``k = precision_k`` (lowered to
+    ``n_train - 1``). Statistics: ``resolved_share``, ``score_se_median`` and
+    ``draws_for_target`` (draws per chain at which the share would reach the threshold, scores
+    held as measured and standard errors shrinking as ``1/√draws``).
+
+    ``query`` and ``train`` are ``[C, D, n]`` traces; the first ``max_queries`` queries and
+    ``max_train`` training items are used (the top-k among a subset is easier to resolve than
+    among all items, so a capped run is judged leniently; the detail says so). Per-token traces,
+    fewer than 2 training items and ``min_resolved_share = 0`` make the rule not apply (passed,
+    value NaN, the reason in the detail, no statistics); non-finite traces fail.
+    """
+    th = thresholds or HealthThresholds()
+    limit = th.min_resolved_share
+    stats = dict.fromkeys(("resolved_share", "score_se_median", "draws_for_target"), math.nan)
+
+    def skip(why: str) -> tuple[HealthCheck, dict[str, float]]:
+        return HealthCheck("precision", math.nan, limit, True, why), {}
+
+    if limit <= 0:
+        return skip("off (min_resolved_share = 0)")
+    if query.dim() != 3 or train.dim() != 3:
+        return skip("n/a: per-token traces (the rule needs per-item scores)")
+    n_query, n_train = query.shape[2], train.shape[2]
+    if n_train < 2:
+        return skip(f"n/a: {n_train} training item(s), no ranking to resolve")
+    q = query[:, :, :max_queries] if max_queries else query
+    t = train[:, :, :max_train] if max_train else train
+    if not (_finite(q) and _finite(t)):
+        detail = "traces hold NaN or Inf: the scores' precision is unknown"
+        return HealthCheck("precision", math.nan, limit, False, detail), stats
+    k = min(th.precision_k, t.shape[2] - 1)
+    try:
+        u = bif_standard_errors(q, t, normalize=normalize)
+    except ValueError as err:  # e.g. too few draws for two batches
+        return HealthCheck("precision", math.nan, limit, False, f"n/a: {err}"), stats
+    share = float(topk_resolved(u, k=k).mean())
+    se = u.se.double().flatten()
+    se = se[torch.isfinite(se)]
+    stats = {
+        "resolved_share": share,
+        "score_se_median": float(se.median()) if se.numel() else math.nan,
+        "draws_for_target": draws_for_resolved(u, limit, k=k),
+    }
+    ok = share >= limit  # False for NaN
+    detail = (
+        f"{share:.0%} of the top-{k} resolved beyond noise (SE median "
+        f"{stats['score_se_median']:.3g}) vs >= {limit:.0%}"
+    )
+    if q.shape[2] < n_query or t.shape[2] < n_train:
+        detail += f"; {q.shape[2]}/{n_query} queries, {t.shape[2]}/{n_train} training items"
+    if not ok:
+        detail += f"; ~{stats['draws_for_target']:.0f} draws per chain would reach it"
+    return HealthCheck("precision", share, limit, ok, detail), stats
+
+
+def _append_extra(report: HealthReport, extra_checks: Sequence[HealthCheck | None]) -> None:
+    """Append checks computed elsewhere (``None`` ignored); their value goes to the statistics."""
+    names = {c.name for c in report.checks}
+    for check in extra_checks:
+        if check is None:
+            continue
+        if not isinstance(check, HealthCheck):
+            raise TypeError(f"extra_checks holds {type(check).__name__}, not a HealthCheck")
+        if check.name in names:
+            raise ValueError(f"extra check {check.name!r} duplicates a rule of this report")
+        names.add(check.name)
+        report.checks.append(check)
+        report.stats[f"{check.name}_value"] = float(check.value)
+
+
 def assess_chains(
     diagnostics: ChainDiagnostics,
     traces: Mapping[str, torch.Tensor] | torch.Tensor | None,
@@ -542,6 +680,9 @@ def assess_chains(
     thresholds: HealthThresholds | None = None,
     target_draws: int | None = None,
     target_chains: int | None = None,
+    step_curvature: float | None = None,
+    preconditioned: bool = False,
+    extra_checks: Sequence[HealthCheck | None] = (),
 ) -> HealthReport:
     """Apply every health rule to one run (or pilot) and return the verdict with the evidence.
 
@@ -558,6 +699,11 @@ def assess_chains(
         thresholds: rule thresholds.
         target_draws, target_chains: size of the run being vouched for (default: this one). A pilot
             passes the real run's size so trend, R-hat and ESS are projected to it.
+        step_curvature: measured ``ε·λ_max(P^½(nβH + γI)P^½)`` for the step rule (``None``:
+            judge the lower bound ``ε_eff·γ``); ``preconditioned``: RMSProp-SGLD (the detail
+            then says the lower bound misses stiff directions).
+        extra_checks: checks computed elsewhere (e.g. the calibration's ``step_halving``),
+            appended and counted toward the verdict; ``None`` entries are ignored.
     """
     th = thresholds or HealthThresholds()
     pooled = diagnostics.pooled_loss()
@@ -565,8 +711,18 @@ def assess_chains(
     checks: list[HealthCheck] = []
     stats: dict[str, float] = {}
 
-    checks.append(check_step(step_size, localization, th))
-    stats["step_times_gamma"] = checks[-1].value
+    checks.append(
+        check_step(
+            step_size,
+            localization,
+            th,
+            step_curvature=step_curvature,
+            preconditioned=preconditioned,
+        )
+    )
+    stats["step_times_gamma"] = step_size * localization
+    if step_curvature is not None:
+        stats["step_curvature"] = float(step_curvature)
     trend, s = check_trend(pooled, th, target_draws)
     checks.append(trend)
     stats.update(s)
@@ -599,7 +755,9 @@ def assess_chains(
     loss, s = check_loss(mean_loss, init, nbeta, num_params, th)
     checks.append(loss)
     stats.update(s)
-    return HealthReport(checks, stats)
+    report = HealthReport(checks, stats)
+    _append_extra(report, extra_checks)
+    return report
 
 
 def _num_params(traces: Any, num_params: int | None) -> int:
@@ -622,6 +780,9 @@ def assess_traces(
     thresholds: HealthThresholds | None = None,
     observables: list[str] | None = None,
     max_items: int | None = 256,
+    *,
+    step_curvature: float | None = None,
+    extra_checks: Sequence[HealthCheck | None] = (),
 ) -> HealthReport:
     """Health verdict of a finished BIF run (:class:`~bifrepro.traces.LossTraces`).
 
@@ -629,7 +790,8 @@ def assess_traces(
     parameters (default: ``traces.num_params``, recorded by the sampler; see
     :func:`~bifrepro.sampling.count_sampled_parameters`). The ESS and
     trend-share rules use the first ``max_items`` items of each observable in ``observables``
-    (default: all), which keeps the check cheap for large runs. Log ``report.to_metrics()`` and
+    (default: all), which keeps the check cheap for large runs. ``step_curvature`` and
+    ``extra_checks`` as in :func:`assess_chains`. Log ``report.to_metrics()`` and
     ``report.summary()`` next to the scores, and flag the results when ``not report.is_healthy``.
     """
     num_params = _num_params(traces, num_params)
@@ -645,6 +807,9 @@ def assess_traces(
         nbeta=cfg.nbeta,
         localization=cfg.localization,
         thresholds=thresholds,
+        step_curvature=step_curvature,
+        preconditioned=cfg.preconditioner == "rmsprop",
+        extra_checks=extra_checks,
     )
 
 
@@ -701,7 +866,8 @@ class RunHealth:
     """What an experiment reports about the chains behind its BIF scores.
 
     Attributes:
-        healthy: the core diagnostics (no drift, R-hat) and every health rule pass.
+        healthy: the core diagnostics (no drift, R-hat), every health rule (``precision``
+            included) and every extra check pass.
         summary: one line: verdict and every rule with its value and limit.
         metrics: flat floats for MLflow: ``chain/*`` (core diagnostics), ``health/*`` (rules and
             statistics) and, for per-item traces, ``detrend/*`` (:func:`detrend_effect`: what
@@ -723,23 +889,43 @@ def run_health(
     train: str = "train",
     normalize: str = "correlation",
     thresholds: HealthThresholds | None = None,
+    step_curvature: float | None = None,
+    extra_checks: Sequence[HealthCheck | None] = (),
+    precision_queries: int | None = 32,
+    precision_items: int | None = 4096,
 ) -> RunHealth:
     """Chain health of a finished BIF run, as every experiment reports it.
 
     ``num_params``: sampled parameters (``requires_grad``); default ``traces.num_params`` (a
-    ``ValueError`` if the traces do not record it either). The detrending effect is computed
-    for per-item traces (``[chains, draws, items]``) of observables ``query`` and ``train``;
-    per-token traces skip it (its score matrix would be tokens x tokens).
+    ``ValueError`` if the traces do not record it either). The detrending effect and the
+    ``precision`` rule (:func:`check_precision`, on the first ``precision_queries`` queries and
+    ``precision_items`` training items) are computed for per-item traces
+    (``[chains, draws, items]``) of observables ``query`` and ``train``; per-token traces skip
+    them (their score matrix would be tokens x tokens; the precision check says so).
+    ``step_curvature``: the calibration's measured ``ε·λ_max(P^½(nβH + γI)P^½)`` for the step rule;
+    ``extra_checks``: checks computed elsewhere (e.g. ``step_halving``), counted in the verdict.
     """
     diag = traces.diagnostics
-    report = assess_traces(traces, _num_params(traces, num_params), thresholds)
-    metrics = {**diag.to_metrics("chain/"), **report.to_metrics("health/")}
+    report = assess_traces(
+        traces, _num_params(traces, num_params), thresholds, step_curvature=step_curvature
+    )
     names = set(traces.names)
-    if {query, train} <= names and traces[query].dim() == 3 and traces[train].dim() == 3:
-        if _finite(traces[query]) and _finite(traces[train]):
-            effect = detrend_effect(traces[query], traces[train], normalize=normalize)
-        else:  # the ess rule has already failed, naming the non-finite items
-            effect = dict.fromkeys(_DETREND_KEYS, math.nan)
+    effect: dict[str, float] | None = None
+    if {query, train} <= names:
+        q, t = traces[query], traces[train]
+        precision, s = check_precision(
+            q, t, thresholds, normalize, precision_queries, precision_items
+        )
+        report.checks.append(precision)
+        report.stats.update(s)
+        if q.dim() == 3 and t.dim() == 3:
+            if _finite(q) and _finite(t):
+                effect = detrend_effect(q, t, normalize=normalize)
+            else:  # the ess rule has already failed, naming the non-finite items
+                effect = dict.fromkeys(_DETREND_KEYS, math.nan)
+    _append_extra(report, extra_checks)
+    metrics = {**diag.to_metrics("chain/"), **report.to_metrics("health/")}
+    if effect is not None:
         metrics.update({f"detrend/{k}": float(v) for k, v in effect.items()})
     healthy = bool(diag.is_healthy and report.is_healthy)
     summary = report.summary()

@@ -10,6 +10,7 @@ from bifrepro.attribution.bif_pipeline import run_bif, sample_bif_traces
 from bifrepro.data.hierarchy import make_hierarchy
 from bifrepro.models.linear import DeepLinearNetwork, per_item_squared_error
 from bifrepro.sampling import (
+    HealthThresholds,
     SamplerDivergedError,
     SGLDConfig,
     count_sampled_parameters,
@@ -95,3 +96,33 @@ def test_a_diverged_sampler_raises() -> None:
     with pytest.raises(SamplerDivergedError):
         run_bif(net, per_item_squared_error, data, (data, per_item_squared_error), config=cfg,
                 progress=False)  # fmt: skip
+
+
+def test_step_curvature_and_extra_checks_reach_the_verdict() -> None:
+    """A failing extra check (the calibration's step-halving bias check) or a measured step
+    curvature above the limit makes the run unhealthy, whatever the chains look like."""
+    from bifrepro.sampling.health import HealthCheck
+
+    h, net = make_hierarchy(), _net()
+    data, queries = h.dataset(), torch.utils.data.Subset(h.dataset(), [1, 4])
+    halving = HealthCheck("step_halving", 4.0, 2.0, False, "scores at ε and ε/2 differ")
+    run = run_bif(
+        net,
+        per_item_squared_error,
+        data,
+        train=(data, per_item_squared_error),
+        query=(queries, per_item_squared_error),
+        config=_cfg(),
+        progress=False,
+        thresholds=HealthThresholds(min_resolved_share=0.0),
+        step_curvature=3.0,
+        extra_checks=(halving, None),
+    )
+    ref = run_health(
+        run.traces, thresholds=HealthThresholds(min_resolved_share=0.0), step_curvature=3.0,
+        extra_checks=(halving,),
+    )  # fmt: skip
+    assert not run.health.healthy
+    assert {c.name for c in run.health.report.failed} >= {"step", "step_halving"}
+    assert "step_halving FAIL" in run.health.summary
+    assert run.health.metrics == ref.metrics and run.health.summary == ref.summary

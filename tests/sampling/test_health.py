@@ -29,6 +29,21 @@ from bifrepro.sampling.health import (
 )
 
 
+def _signal_queries(train: torch.Tensor, queries: int, seed: int) -> torch.Tensor:
+    """Queries that depend on 8 of the training items with weights 1 ... 0.3 (plus AR(1) noise),
+    so their top-k lists are resolved beyond noise (the precision rule passes on them)."""
+    g = torch.Generator().manual_seed(seed)
+    c, n, m = train.shape
+    centred = train - train.mean((0, 1), keepdim=True)
+    out = []
+    for _ in range(queries):
+        w = torch.zeros(m, dtype=torch.float64)
+        w[torch.randperm(m, generator=g)[:8]] = torch.linspace(1.0, 0.3, 8, dtype=torch.float64)
+        out.append(centred @ w)
+    noise = 0.03 * _ar1(c, n, 0.5, queries, seed=seed + 1)
+    return torch.stack(out, dim=-1) + noise + 1.0
+
+
 def _ar1(chains: int, n: int, rho: float, items: int = 1, seed: int = 0) -> torch.Tensor:
     """Stationary AR(1) with unit variance: ``[chains, n, items]``."""
     g = torch.Generator().manual_seed(seed)
@@ -270,7 +285,7 @@ def test_run_health_reports_rules_diagnostics_and_detrending_effect():
         return LossTraces({"train": train, "query": query}, diag, config, init)
 
     train = 0.1 * _ar1(c, n, 0.5, 12, seed=21) + 1.0
-    query = 0.1 * _ar1(c, n, 0.5, 3, seed=22) + 1.0
+    query = _signal_queries(train, 3, seed=22)
     ok = run_health(traces(train, query), d)
     assert ok.healthy and ok.summary.startswith("chains healthy")
     assert ok.metrics["health/healthy"] == 1.0 and "chain/rhat" in ok.metrics
@@ -374,7 +389,7 @@ def test_run_health_takes_num_params_from_the_traces():
     config = SGLDConfig(step_size=eps, nbeta=nbeta, localization=gamma, num_chains=c, num_draws=n)
     dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
     train = 0.1 * _ar1(c, n, 0.5, 12, seed=42) + 1.0
-    query = 0.1 * _ar1(c, n, 0.5, 3, seed=43) + 1.0
+    query = _signal_queries(train, 3, seed=43)
     diag = ChainDiagnostics(
         sgld_loss=train.mean(-1),
         distance=dist,
@@ -396,3 +411,113 @@ def test_run_health_takes_num_params_from_the_traces():
     verdict = run_health(broken, d)
     assert not verdict.healthy and "ess" in {ch.name for ch in verdict.report.failed}
     assert math.isnan(verdict.metrics["detrend/trend_share"])
+
+
+def test_preconditioned_sgld_inflates_each_direction_by_one_over_one_minus_eps_a_over_4():
+    """Known answer behind the step rule: SGLD with a fixed preconditioner P on N(0, A⁻¹) is an
+    AR(1) per eigendirection of P^½AP^½ (here diagonal, curvature p·a) with stationary variance
+    1/(a(1 - ε·p·a/4)). The stiff direction is inflated by 1.6 at ε·p·a = 1.5, while the lower
+    bound ε·γ (γ = the softest precision) reads 0.03 and passes."""
+    a = torch.tensor([1.0, 100.0], dtype=torch.float64)
+    p = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    eps = 0.03
+    curvature = eps * float((p * a).max())  # ε·λ_max(P^½AP^½) = 1.5
+    g = torch.Generator().manual_seed(50)
+    w = torch.zeros(4000, 2, dtype=torch.float64)
+    second = torch.zeros(2, dtype=torch.float64)
+    for t in range(300):
+        noise = torch.randn(w.shape, generator=g, dtype=torch.float64)
+        w = w - eps / 2 * p * a * w + torch.sqrt(eps * p) * noise
+        if t >= 100:
+            second += (w * w).mean(0) / 200
+    inflation = float(second[1] * a[1])
+    assert inflation == pytest.approx(1 / (1 - curvature / 4), rel=0.03)  # 1.6
+    lower_bound = check_step(eps, float(a.min()))
+    assert lower_bound.passed and lower_bound.value == pytest.approx(0.03)
+    measured = check_step(eps, float(a.min()), step_curvature=curvature)
+    assert not measured.passed and measured.value == pytest.approx(1.5)
+    assert "measured" in measured.detail and "P^½" in measured.detail
+
+
+def test_measured_step_curvature_is_judged_instead_of_the_lower_bound():
+    tiny = check_step(1e-6, 1.0, step_curvature=2.0)  # ε·γ = 1e-6, yet the step is too coarse
+    assert not tiny.passed and tiny.value == 2.0 and "measured" in tiny.detail
+    assert check_step(1e-6, 1.0, step_curvature=0.9).passed
+    # the measured value, not the RMSProp bound ε/rmsprop_eps·γ, decides
+    assert check_step(2.0, 1.0, step_curvature=0.5, preconditioned=True).passed
+    nan = check_step(1e-6, 1.0, step_curvature=math.nan)
+    assert not nan.passed and "NaN" in nan.detail
+    # without a measurement RMSProp keeps today's rule and says it is only a lower bound
+    rms = check_step(1e-3, 100.0, preconditioned=True)
+    assert rms.passed and rms.value == pytest.approx(0.1)
+    assert "RMSProp" in rms.detail and "lower bound" in rms.detail
+
+
+def _run_traces(preconditioner: str = "none"):
+    from bifrepro.sampling.config import SGLDConfig
+    from bifrepro.traces import LossTraces
+
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    config = SGLDConfig(
+        step_size=eps * (1e-3 if preconditioner == "rmsprop" else 1.0),
+        nbeta=nbeta,
+        localization=gamma,
+        num_chains=c,
+        num_draws=n,
+        preconditioner=preconditioner,
+    )
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+    train = 0.1 * _ar1(c, n, 0.5, 12, seed=60) + 1.0
+    query = _signal_queries(train, 3, seed=61)
+    diag = ChainDiagnostics(
+        sgld_loss=train.mean(-1),
+        distance=dist,
+        observed_loss={"train": train.mean(-1), "query": query.mean(-1)},
+        init_loss={"train": 0.99, "query": 0.99},
+    )
+    init = {"train": torch.full((12,), 0.99), "query": torch.full((3,), 0.99)}
+    return LossTraces({"train": train, "query": query}, diag, config, init, num_params=d)
+
+
+def test_run_health_takes_the_measured_step_curvature_and_extra_checks():
+    from bifrepro.sampling.health import HealthCheck, run_health
+
+    traces = _run_traces()
+    base = run_health(traces)
+    assert base.healthy, base.summary
+    coarse = run_health(traces, step_curvature=2.0)  # ε·γ = 0.1 passes; the measurement does not
+    assert not coarse.healthy and [c.name for c in coarse.report.failed] == ["step"]
+    assert coarse.metrics["health/step_curvature"] == 2.0
+    assert coarse.metrics["health/step_times_gamma"] == pytest.approx(0.1)
+    assert "measured" in coarse.summary
+
+    halving = HealthCheck("step_halving", 3.2, 2.0, False, "scores at ε and ε/2 differ by 3.2 SE")
+    biased = run_health(traces, extra_checks=[None, halving])
+    assert not biased.healthy and "step_halving FAIL" in biased.summary
+    assert [c.name for c in biased.report.failed] == ["step_halving"]
+    assert biased.metrics["health/step_halving_ok"] == 0.0
+    assert biased.metrics["health/step_halving_value"] == pytest.approx(3.2)
+    passed = HealthCheck("step_halving", 0.5, 2.0, True, "agree")
+    assert run_health(traces, extra_checks=[passed]).healthy
+    assert run_health(traces, extra_checks=[None]).metrics == base.metrics
+    with pytest.raises(ValueError, match="duplicates"):
+        run_health(traces, extra_checks=[HealthCheck("ess", 1.0, 1.0, True, "")])
+
+    rms = run_health(_run_traces("rmsprop"))
+    step = next(c for c in rms.report.checks if c.name == "step")
+    assert "RMSProp" in step.detail and "lower bound" in step.detail
+
+
+def test_assess_chains_appends_extra_checks():
+    from bifrepro.sampling.health import HealthCheck
+
+    c, n, d, gamma, eps, nbeta = 4, 300, 50, 100.0, 1e-3, 10.0
+    items = 0.1 * _ar1(c, n, 0.5, 12, seed=62) + 1.0
+    dist = torch.full((c, n), math.sqrt(0.9 * distance_bound(d, gamma, eps)), dtype=torch.float64)
+    kwargs = dict(num_params=d, step_size=eps, nbeta=nbeta, localization=gamma)
+    diag = _diagnostics(items.mean(-1), dist, 0.99)
+    assert assess_chains(diag, {"train": items}, **kwargs).is_healthy
+    failing = HealthCheck("step_halving", 3.0, 2.0, False, "biased")
+    report = assess_chains(diag, {"train": items}, extra_checks=(failing,), **kwargs)
+    assert not report.is_healthy and report.checks[-1] is failing
+    assert "step_halving FAIL" in report.summary()
