@@ -7,16 +7,28 @@ that work, and prints their ratio (target <= 1.10), draws/s and items/s, for a s
 transformer (per-token losses). Fixed set-up costs are removed by timing two run lengths and
 differencing. Ratios, not absolute times, are the result: the machine is noisy.
 
-    python bench/bench_sampler.py [--draws 30] [--repeats 3]
+It then compares chains in one batch (``chain_batching="on"``: C chains as one vmapped computation)
+with chains one after another (``"off"``), for the small CNN, the small transformer and a ~10M
+parameter MLP: chain-draws/s of each, their ratio, and the peak extra memory of a run (peak RSS in a
+fresh process on CPU, polled, ``torch.cuda.max_memory_allocated`` on CUDA) against C x the sequential run's.
+
+    python bench/bench_sampler.py [--draws 30] [--repeats 3] [--chains 4] [--device cpu|cuda]
+        [--only overhead|batched]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -135,14 +147,199 @@ def bench_case(name, model, loss_fn, train, observed, cfg, draws, repeats):
     return r
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--draws", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def wide_mlp() -> torch.nn.Module:
+    """About 10M parameters: 784 -> 2048 -> 2048 -> 2048 -> 10."""
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; target ratio <= 1.10")
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(784, 2048),
+        torch.nn.ReLU(),
+        torch.nn.Linear(2048, 2048),
+        torch.nn.ReLU(),
+        torch.nn.Linear(2048, 2048),
+        torch.nn.ReLU(),
+        torch.nn.Linear(2048, 10),
+    )
 
+
+BASE_CFG = dict(step_size=1e-6, nbeta=100.0, localization=100.0, burn_in=0)
+
+
+def batched_case(name: str, device: str):
+    """(model, loss_fn, train, observed, cfg) of one batched-vs-sequential case, on ``device``."""
+    torch.manual_seed(0)
+    if name == "lm":
+        ids = torch.randint(0, 512, (288, 64), device=device)
+        train, query = TensorDataset(ids[:256]), TensorDataset(ids[256:])
+        cfg = SGLDConfig(**BASE_CFG, batch_size=16, eval_batch_size=64)
+        return small_transformer().to(device), lm_token_loss, train, [train, query], cfg
+    n = 2120 if name == "cnn" else 560
+    x = torch.randn(n, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+    train, query = TensorDataset(x[: n - 120], y[: n - 120]), TensorDataset(x[-120:], y[-120:])
+    cfg = SGLDConfig(**BASE_CFG, batch_size=64, eval_batch_size=256)
+    model = small_cnn() if name == "cnn" else wide_mlp()
+    return model.to(device), cnn_loss, train, [train, query], cfg
+
+
+def _sample(model, loss_fn, train, observed, cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ChainDriftWarning)
+        warnings.simplefilter("ignore", UserWarning)  # vmap batching-rule fallbacks (speed only)
+        return sample_loss_traces(
+            model,
+            loss_fn,
+            train,
+            {f"o{i}": ds for i, ds in enumerate(observed)},
+            cfg,
+            progress=False,
+        )
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_draw_seconds(case, mode: str, chains: int, draws: int, device: str) -> float:
+    """Seconds per draw index (all ``chains`` chains), set-up removed by differencing two lengths."""
+    model, loss_fn, train, observed, cfg = case
+    cfg = cfg.replace(num_chains=chains, chain_batching=mode)
+
+    def timed(n: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        _sample(model, loss_fn, train, observed, cfg.replace(num_draws=n))
+        _sync(device)
+        return time.perf_counter() - start
+
+    short, long = max(2, draws // 4), draws
+    timed(short)  # warm-up
+    return max(timed(long) - timed(short), 1e-9) / (long - short)
+
+
+def peak_extra_bytes(name: str, mode: str, chains: int, draws: int, device: str) -> int:
+    """Peak memory a sampling run adds: CUDA allocator peak, or peak RSS of a fresh process."""
+    if device == "cuda":
+        case = batched_case(name, device)
+        model, loss_fn, train, observed, cfg = case
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        _sample(
+            model,
+            loss_fn,
+            train,
+            observed,
+            cfg.replace(num_chains=chains, chain_batching=mode, num_draws=draws),
+        )
+        return torch.cuda.max_memory_allocated() - base
+    # Large blocks straight from (and back to) the OS, so RSS follows live memory.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+    }
+    args = [sys.executable, __file__, "--memory-child", name, mode, str(chains), str(draws)]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["extra"])
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_child(name: str, mode: str, chains: int, draws: int) -> None:
+    """Peak RSS above the pre-run RSS of one sampling run, polled every millisecond.
+
+    A one-draw run of the same mode first takes the one-time costs (libraries' lazy set-up).
+    """
+    model, loss_fn, train, observed, cfg = batched_case(name, "cpu")
+    _sample(
+        model,
+        loss_fn,
+        train,
+        observed,
+        cfg.replace(num_chains=chains, chain_batching=mode, num_draws=1),
+    )
+    base = _rss_bytes()
+    peak = [base]
+    running = threading.Event()
+    running.set()
+
+    def poll() -> None:
+        while running.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    _sample(
+        model,
+        loss_fn,
+        train,
+        observed,
+        cfg.replace(num_chains=chains, chain_batching=mode, num_draws=draws),
+    )
+    running.clear()
+    thread.join()
+    print(json.dumps({"extra": max(peak[0], _rss_bytes()) - base}))
+
+
+def bench_batched(name: str, chains: int, draws: int, repeats: int, device: str) -> float:
+    case = batched_case(name, device)
+    model, _, _, observed, cfg = case
+    ratios, seq, bat = [], [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        s = per_draw_seconds(case, "off", chains, draws, device)
+        b = per_draw_seconds(case, "on", chains, draws, device)
+        seq.append(s)
+        bat.append(b)
+        ratios.append(s / b)
+    s, b, r = statistics.median(seq), statistics.median(bat), statistics.median(ratios)
+    params = sum(p.numel() for p in model.parameters())
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    n_items = sum(len(ds) for ds in observed)
+    traces_mb = (
+        chains
+        * draws
+        * 4
+        * sum(math.prod(_sample_shape(case)[i]) for i in range(len(observed)))
+        / 2**20
+    )
+    mem_draws = max(2, draws // 4)
+    mem_seq = peak_extra_bytes(name, "off", chains, mem_draws, device) / 2**20
+    mem_bat = peak_extra_bytes(name, "on", chains, mem_draws, device) / 2**20
+    print(
+        f"{name:<5} params={params:>10,d} C={chains}  sequential {chains / s:7.2f} chain-draws/s  "
+        f"batched {chains / b:7.2f} chain-draws/s  ratio {r:5.2f}x "
+        f"(runs: {', '.join(f'{x:.2f}' for x in ratios)})  {n_items} items/draw"
+    )
+    traces_run = traces_mb * mem_draws / draws
+    bound = chains * max(mem_seq - traces_run, 0.0) + traces_run
+    print(
+        f"      peak extra memory: batched {mem_bat:8.1f} MiB, sequential {mem_seq:8.1f} MiB; "
+        f"bound C x (sequential - traces) + traces = {bound:8.1f} MiB: "
+        f"{'OK' if mem_bat <= bound else 'ABOVE'} (one model {model_mb:.1f} MiB, "
+        f"traces {traces_run:.2f} MiB)"
+    )
+    return r
+
+
+def _sample_shape(case) -> list[tuple[int, ...]]:
+    """Per-item trace shape of each observable: ``(n,)`` or ``(n, T)``."""
+    model, loss_fn, _, observed, _ = case
+    shapes = []
+    with torch.no_grad():
+        for ds in observed:
+            first = loss_fn(model, ds[:1])
+            shapes.append((len(ds), *first.shape[1:]))
+    return shapes
+
+
+def overhead_benchmark(args: argparse.Namespace) -> float:
+    torch.manual_seed(0)
     x = torch.randn(2120, 1, 28, 28)
     y = torch.randint(0, 10, (2120,))
     train, query = TensorDataset(x[:2000], y[:2000]), TensorDataset(x[2000:], y[2000:])
@@ -174,6 +371,33 @@ def main() -> None:
     )
     worst = max(r1, r2)
     print(f"worst ratio {worst:.3f}: {'OK' if worst <= 1.10 else 'ABOVE TARGET'} (target <= 1.10)")
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--draws", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", choices=("overhead", "batched"), default=None)
+    parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        name, mode, chains, draws = args.memory_child
+        _memory_child(name, mode, int(chains), int(draws))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.only != "batched":
+        print("-- sampler overhead vs a bare loop (one chain; target ratio <= 1.10)")
+        overhead_benchmark(args)
+    if args.only != "overhead":
+        print(
+            f"-- chains in one batch vs one after another ({args.chains} chains; ratio > 1: faster)"
+        )
+        bench_batched("cnn", args.chains, args.draws, args.repeats, args.device)
+        bench_batched("lm", args.chains, max(8, args.draws // 2), args.repeats, args.device)
+        bench_batched("mlp10m", args.chains, max(4, args.draws // 6), 1, args.device)
 
 
 if __name__ == "__main__":

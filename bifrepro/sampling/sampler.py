@@ -1,7 +1,8 @@
 """``sample_loss_traces``: SGLD chains around w*, recording every observed item's loss per draw.
 
 Cost model: per kept draw, ``thinning`` SGLD steps (forward + backward on one minibatch) plus one
-no-grad forward pass over every observed item. Observed data are collated once and kept on the
+no-grad forward pass over every observed item. Chains run one after another, or (``chain_batching``,
+see :mod:`bifrepro.sampling.batched`) all together as one vmapped computation. Observed data are collated once and kept on the
 model's device; losses are written straight into the preallocated (or memory-mapped) traces.
 
 Batch norm and dropout: the sampled network is the deployed one. The working copy stays in
@@ -28,6 +29,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bifrepro.chain_diagnostics import ChainDiagnostics
 from bifrepro.data.batches import EvalBatches, MinibatchStream, batch_size_of
 from bifrepro.fingerprint import callable_fingerprint, dataset_fingerprint, model_fingerprint
+from bifrepro.sampling.batched import BatchedChains, ChainBatchingError
+from bifrepro.sampling.chain_common import chain_seed as _chain_seed
+from bifrepro.sampling.chain_common import check_divergence as _check_divergence
+from bifrepro.sampling.chain_common import check_loss_shape
 from bifrepro.sampling.diagnostics import SamplerDivergedError
 from bifrepro.sampling.parameters import sampled_parameters
 from bifrepro.sampling.sgld import SGLDState, sgld_update
@@ -43,11 +48,6 @@ LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Observable = Dataset | tuple[Dataset, LossFn]
 
 
-def _chain_seed(seed: int, chain: int, stream: int) -> int:
-    """Independent, reproducible seeds per (master seed, chain, stream)."""
-    return int(np.random.SeedSequence([seed, chain, stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def _evaluate_into(
     model: torch.nn.Module, fn: LossFn, batches: EvalBatches, out: torch.Tensor, name: str
 ) -> None:
@@ -57,12 +57,7 @@ def _evaluate_into(
         for batch in batches:
             losses = fn(model, batch)
             b = batch_size_of(batch)
-            if losses.shape[0] != b or losses.shape[1:] != out.shape[1:]:
-                raise ValueError(
-                    f"loss_fn returned shape {tuple(losses.shape)} for a batch of {b} items of "
-                    f"observable {name!r}; expected [{b}{''.join(f', {s}' for s in out.shape[1:])}] "
-                    "(per-item [B] or per-token [B, T] with a fixed T)"
-                )
+            check_loss_shape(losses, b, tuple(out.shape[1:]), name)
             out[start : start + b].copy_(losses.detach())
             start += b
 
@@ -121,9 +116,15 @@ def store_identity(
     train_data: Dataset,
     observables: Mapping[str, tuple[Dataset, LossFn]],
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    batched: bool = False,
 ) -> dict[str, Any]:
-    """What a trace store's numbers depend on besides the SGLD settings (JSON-able digests)."""
-    return {
+    """What a trace store's numbers depend on besides the SGLD settings (JSON-able digests).
+
+    Vmapped chains (``batched``) round differently from sequential ones, so they are recorded
+    (``"chain_batching": "vmap"``); sequential stores carry no such key, like stores written
+    before the option existed.
+    """
+    identity = {
         "model": model_fingerprint(model),
         "train_data": dataset_fingerprint(train_data, collate_fn),
         "loss_fn": callable_fingerprint(loss_fn),
@@ -132,18 +133,9 @@ def store_identity(
             for name, (ds, fn) in observables.items()
         },
     }
-
-
-def _check_divergence(
-    value: float, limit: float, config: SGLDConfig, chain: int, draw: int, what: str
-) -> None:
-    if not np.isfinite(value) or value > limit:
-        raise SamplerDivergedError(
-            f"SGLD diverged in chain {chain} at draw {draw}: {what} = {value:.4g} "
-            f"(limit {limit:.4g}) with step_size ε={config.step_size:g}, localization "
-            f"γ={config.localization:g}, nbeta nβ={config.nbeta:g}. Lower step_size or raise "
-            "localization; `bifrepro.sampling.calibrate` picks a stable step size."
-        )
+    if batched:
+        identity["chain_batching"] = "vmap"
+    return identity
 
 
 def sample_loss_traces(
@@ -207,11 +199,16 @@ def sample_loss_traces(
     trace_dtype = getattr(torch, config.trace_dtype)
     c_total, d_total = config.num_chains, config.num_draws
 
+    batched = _batched_chains(
+        work, params, w_star, loss_fn, train_data, obs, eval_sets, config, collate_fn
+    )
     store: TraceStore | None = None
     completed = [0] * c_total
     if out_dir is not None:
         store = TraceStore(Path(out_dir))
-        identity = store_identity(work, loss_fn, train_data, obs, collate_fn)
+        identity = store_identity(
+            work, loss_fn, train_data, obs, collate_fn, batched=batched is not None
+        )
         manifest = store.open(config, init_rows, identity, num_params)
         completed = list(manifest["completed"])
         if manifest["status"] == "complete":
@@ -242,12 +239,23 @@ def sample_loss_traces(
     }
 
     with logging_redirect_tqdm():
-        for chain in range(c_total):
-            if completed[chain] >= d_total:
-                continue
-            try:
-                _run_chain(
-                    chain,
+        try:
+            if batched is not None:
+                chains, base_stream = batched
+                chains.run(
+                    w_star,
+                    base_stream,
+                    eval_sets,
+                    arrays,
+                    sgld_loss,
+                    distance,
+                    limits,
+                    completed,
+                    store,
+                    progress,
+                )
+            else:
+                _run_chains_one_by_one(
                     work,
                     params,
                     w_star,
@@ -267,12 +275,12 @@ def sample_loss_traces(
                     collate_fn,
                     device,
                 )
-            except SamplerDivergedError as err:
-                if store is not None:
-                    manifest = store.read_manifest() or {}
-                    manifest.update(status="diverged", error=str(err))
-                    store.write_manifest(manifest)
-                raise
+        except SamplerDivergedError as err:
+            if store is not None:
+                manifest = store.read_manifest() or {}
+                manifest.update(status="diverged", error=str(err))
+                store.write_manifest(manifest)
+            raise
 
     if store is not None:
         for mm in memmaps.values():
@@ -293,6 +301,110 @@ def sample_loss_traces(
     log.info("BIF sampling done: %s", traces.diagnostics.summary())
     traces.diagnostics.warn_if_drifting()
     return traces
+
+
+def _batched_chains(
+    work: torch.nn.Module,
+    params: list[torch.Tensor],
+    w_star: list[torch.Tensor],
+    loss_fn: LossFn,
+    train_data: Dataset,
+    obs: dict[str, tuple[Dataset, LossFn]],
+    eval_sets: dict[str, EvalBatches],
+    config: SGLDConfig,
+    collate_fn: Callable[[list[Any]], Any] | None,
+) -> tuple[BatchedChains, MinibatchStream] | None:
+    """The vmapped chains and a shared minibatch stream, or ``None`` to run chains one by one.
+
+    ``"auto"`` falls back (with one log line saying why) for a single chain or a model that
+    cannot be vmapped; ``"on"`` raises :class:`ChainBatchingError` for the latter.
+    """
+    mode = config.chain_batching
+    if mode == "off":
+        return None
+    device = params[0].device
+    if mode == "auto":
+        why_not = _auto_declines(config, device)
+        if why_not is not None:
+            log.info("chain batching off (chain_batching='auto'): %s", why_not)
+            return None
+    chains = BatchedChains(work, params, loss_fn, obs, config, device)
+    probe_gen = torch.Generator().manual_seed(0)  # not a chain stream: probing uses no chain RNG
+    base = MinibatchStream(
+        train_data, config.batch_size, device, probe_gen, config.cache_data, collate_fn
+    )
+    reason = chains.probe(w_star, base.next(), eval_sets)
+    if reason is None:
+        log.info("chain batching on: %d chains as one vmapped computation", config.num_chains)
+        return chains, base
+    if mode == "on":
+        raise ChainBatchingError(
+            f"chain_batching='on' but the chains cannot be vmapped: {reason}. "
+            "Use chain_batching='auto' or 'off' to run chains one after another."
+        )
+    log.info(
+        "chain batching off: the model cannot be vmapped (%s); running chains one by one", reason
+    )
+    return None
+
+
+def _auto_declines(config: SGLDConfig, device: torch.device) -> str | None:
+    """Why ``chain_batching="auto"`` runs chains one by one before trying vmap, or ``None``."""
+    if config.num_chains == 1:
+        return "a single chain"
+    if device.type == "cpu":
+        return (
+            "the model is on the CPU, where vmapped chains measured slower than one after another "
+            "(bench/bench_sampler.py); chain_batching='on' forces them"
+        )
+    return None
+
+
+def _run_chains_one_by_one(
+    work: torch.nn.Module,
+    params: list[torch.Tensor],
+    w_star: list[torch.Tensor],
+    loss_fn: LossFn,
+    train_data: Dataset,
+    obs: dict[str, tuple[Dataset, LossFn]],
+    eval_sets: dict[str, EvalBatches],
+    config: SGLDConfig,
+    arrays: dict[str, torch.Tensor],
+    scratch: dict[str, torch.Tensor],
+    sgld_loss: torch.Tensor,
+    distance: torch.Tensor,
+    limits: dict[str, float],
+    completed: list[int],
+    store: TraceStore | None,
+    progress: bool | None,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    device: torch.device,
+) -> None:
+    """The sequential path: each unfinished chain in turn (``chain_batching`` off or declined)."""
+    for chain in range(config.num_chains):
+        if completed[chain] >= config.num_draws:
+            continue
+        _run_chain(
+            chain,
+            work,
+            params,
+            w_star,
+            loss_fn,
+            train_data,
+            obs,
+            eval_sets,
+            config,
+            arrays,
+            scratch,
+            sgld_loss,
+            distance,
+            limits,
+            completed,
+            store,
+            progress,
+            collate_fn,
+            device,
+        )
 
 
 def _run_chain(

@@ -9,7 +9,7 @@ import torch
 
 from bifrepro.sampling.config import SGLDConfig
 
-__all__ = ["SGLDState", "sgld_update"]
+__all__ = ["SGLDState", "sgld_noise", "sgld_update", "sgld_update_with_noise"]
 
 
 @dataclass
@@ -23,6 +23,13 @@ class SGLDState:
         if config.preconditioner == "rmsprop":
             return cls([torch.zeros_like(p) for p in params])
         return cls([])
+
+
+def sgld_noise(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """One standard normal draw per parameter, in order (the exact stream a chain consumes)."""
+    return [
+        torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params
+    ]
 
 
 @torch.no_grad()
@@ -39,14 +46,29 @@ def sgld_update(
     ``G`` is 1 for plain SGLD and ``1/(√V + eps)`` for RMSProp-SGLD, with
     ``V ← αV + (1-α)·g²`` updated from the minibatch loss gradient ``g`` first.
     """
+    sgld_update_with_noise(params, grads, w_star, state, config, sgld_noise(params, generator))
+
+
+@torch.no_grad()
+def sgld_update_with_noise(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    w_star: list[torch.Tensor],
+    state: SGLDState,
+    config: SGLDConfig,
+    noise: list[torch.Tensor],
+) -> None:
+    """:func:`sgld_update` with the standard normal draws ``noise`` given (overwritten in place).
+
+    Every operation is elementwise, so stacked chains (a leading chain dimension on ``params``,
+    ``grads``, ``noise`` and the RMSProp state, with ``w_star`` broadcast) update exactly as each
+    chain would on its own.
+    """
     eps = config.step_size
     drift = torch._foreach_mul(grads, config.nbeta)
     if config.localization > 0:
         diff = torch._foreach_sub(params, w_star)
         torch._foreach_add_(drift, diff, alpha=config.localization)
-    noise = [
-        torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params
-    ]
     if config.preconditioner == "rmsprop":
         v = state.square_avg
         torch._foreach_mul_(v, config.rmsprop_alpha)

@@ -21,7 +21,7 @@ from bifrepro.sampling import (
     sample_loss_traces,
 )
 from bifrepro.traces import LossTraces
-from tests.sampling import _resume_job
+from tests.sampling import _resume_job_batching
 from tests.sampling._models import ce_loss, mse_loss, regression_problem, small_mlp_problem
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,19 +34,31 @@ def _completed(out: Path) -> list[int]:
         return [0, 0]
 
 
+def _sequential_kill_point(done: list[int]) -> bool:
+    """Inside the second chain, past a checkpoint, with draws left to do."""
+    return done[0] == 60 and done[1] >= 9
+
+
+def _batched_kill_point(done: list[int]) -> bool:
+    """Both chains (which run in lockstep) past a checkpoint, with draws left to do."""
+    return min(done) >= 9
+
+
 @pytest.mark.filterwarnings("ignore::bifrepro.sampling.ChainDriftWarning")
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "kill_point"), [("off", _sequential_kill_point), ("on", _batched_kill_point)]
+)
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, mode, kill_point):
     torch.set_num_threads(1)
-    reference = _resume_job.run(None)
+    reference = _resume_job_batching.run(None, mode)
 
     out = tmp_path / "traces"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(Path(_resume_job.__file__)), str(out)], env=env)
+    script = str(Path(_resume_job_batching.__file__))
+    proc = subprocess.Popen([sys.executable, script, str(out), mode], env=env)
     deadline = time.time() + 120
-    # Kill inside the second chain, past a checkpoint, with draws left to do.
     while time.time() < deadline and proc.poll() is None:
-        done = _completed(out)
-        if done[0] == 60 and done[1] >= 9:
+        if kill_point(_completed(out)):
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the job finished before it could be killed; make it longer"
@@ -54,11 +66,11 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "running"
-    assert manifest["completed"][0] == 60 and 9 <= manifest["completed"][1] < 60
+    assert kill_point(manifest["completed"]) and min(manifest["completed"]) < 60
     with pytest.raises(RuntimeError, match="not complete"):
         LossTraces.load(out)
 
-    resumed = _resume_job.run(str(out))
+    resumed = _resume_job_batching.run(str(out), mode)
     for name in ("train", "query"):
         assert torch.equal(resumed[name], reference[name]), name
     torch.testing.assert_close(
@@ -70,8 +82,12 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(reopened["query"], reference["query"])
 
 
-def test_in_process_interruption_resumes_from_checkpoint(tmp_path):
-    """An exception mid-chain (like Ctrl-C) leaves a resumable store; rerun completes it exactly."""
+@pytest.mark.parametrize(("mode", "fail_at"), [("off", 150), ("on", 80)])
+def test_in_process_interruption_resumes_from_checkpoint(tmp_path, mode, fail_at):
+    """An exception mid-chain (like Ctrl-C) leaves a resumable store; rerun completes it exactly.
+
+    Batched chains call ``loss_fn`` once per step for all chains, hence the earlier ``fail_at``.
+    """
     x, y, model = regression_problem()
     ds = TensorDataset(x, y)
     cfg = SGLDConfig(
@@ -84,11 +100,12 @@ def test_in_process_interruption_resumes_from_checkpoint(tmp_path):
         thinning=3,
         batch_size=8,
         checkpoint_every=4,
+        chain_batching=mode,
     )
     reference = sample_loss_traces(model, mse_loss, ds, {"train": ds}, cfg, progress=False)
 
     # One loss function for both calls (a different one would be a different store identity).
-    calls = {"n": 0, "fail_at": 150}
+    calls = {"n": 0, "fail_at": fail_at}
 
     def flaky(m, batch):
         calls["n"] += 1

@@ -97,8 +97,14 @@ def test_generic_dataset_path_matches_tensordataset():
     torch.testing.assert_close(dict_traces["train"], tensor_traces, rtol=1e-5, atol=1e-6)
 
 
-def test_step_and_evaluation_counts():
-    """burn_in + draws·thinning gradient steps per chain; one evaluation pass per kept draw."""
+@pytest.mark.parametrize("batching", ["off", "on"])
+def test_step_and_evaluation_counts(batching):
+    """burn_in + draws·thinning gradient steps per chain; one evaluation pass per kept draw.
+
+    Sequential chains call ``loss_fn`` once per chain and step; batched chains call it once per
+    step for all chains (vmap traces it once), plus one probe: a vmapped gradient and, on the first
+    evaluation batch, one vmapped and two plain (chains 0 and C-1) forwards.
+    """
     x, y, model = regression_problem()
     ds = TensorDataset(x, y)
     calls = {"grad": 0, "eval_items": 0}
@@ -110,10 +116,14 @@ def test_step_and_evaluation_counts():
             calls["eval_items"] += batch[0].shape[0]
         return mse_loss(m, batch)
 
-    cfg = SGLDConfig(**{**FAST, "eval_batch_size": 16})
+    cfg = SGLDConfig(**{**FAST, "eval_batch_size": 16, "chain_batching": batching})
     sample_loss_traces(model, counting_loss, ds, {"train": ds}, cfg, progress=False)
-    assert calls["grad"] == cfg.num_chains * (cfg.burn_in + cfg.num_draws * cfg.thinning)
-    assert calls["eval_items"] == 40 * (1 + cfg.num_chains * cfg.num_draws)  # +1: losses at w*
+    if batching == "off":
+        assert calls["grad"] == cfg.num_chains * (cfg.burn_in + cfg.num_draws * cfg.thinning)
+        assert calls["eval_items"] == 40 * (1 + cfg.num_chains * cfg.num_draws)  # +1: at w*
+    else:
+        assert calls["grad"] == 1 + cfg.burn_in + cfg.num_draws * cfg.thinning
+        assert calls["eval_items"] == 40 * (1 + cfg.num_draws) + 3 * 16
 
 
 def test_per_observable_loss_functions():
