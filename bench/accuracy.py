@@ -74,6 +74,7 @@ from bifrepro.models.small import MLPClassifier
 from bifrepro.plots.style import house_style, new_figure
 from bifrepro.sampling import (
     CalibrationConfig,
+    CalibrationReport,
     SamplerDivergedError,
     SGLDConfig,
     calibrate_report,
@@ -481,7 +482,9 @@ def base_sampler(problem: Problem, bench: BenchConfig) -> SGLDConfig:
     )
 
 
-def calibrated(problem: Problem, base: SGLDConfig) -> tuple[SGLDConfig, dict[str, Any]]:
+def calibrated(
+    problem: Problem, base: SGLDConfig
+) -> tuple[SGLDConfig, dict[str, Any], CalibrationReport]:
     """``calibrate()`` with default settings for this preconditioner; the report's essentials."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -502,9 +505,13 @@ def calibrated(problem: Problem, base: SGLDConfig) -> tuple[SGLDConfig, dict[str
         "calibration_healthy": report.healthy,
         "candidates": len(report.candidates),
         "calibration_seconds": report.seconds,
+        "top_eigenvalue": report.top_eigenvalue,
+        "step_curvature": report.curvature,
+        "bias_check": None if report.bias_check is None else report.bias_check.passed,
+        "bias_detail": None if report.bias_check is None else report.bias_check.detail,
         "summary": report.summary(),
     }
-    return report.config, info
+    return report.config, info, report
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -548,10 +555,17 @@ class RunResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def run_setting(problem: Problem, config: SGLDConfig, truncate_to: int | None) -> RunResult:
+def run_setting(
+    problem: Problem,
+    config: SGLDConfig,
+    truncate_to: int | None,
+    evidence: dict[str, Any] | None = None,
+) -> RunResult:
     """Sample, score, judge health and compare with every truth of the problem.
 
     ``truncate_to``: also score the first that many draws of each chain (a shorter run's result).
+    ``evidence``: what the calibration measured (``CalibrationReport.health_evidence``: the
+    step's measured curvature, the step-halving check), judged with the traces' own rules.
     """
     result = RunResult({"status": "ok"})
     start = time.perf_counter()
@@ -573,7 +587,7 @@ def run_setting(problem: Problem, config: SGLDConfig, truncate_to: int | None) -
         result.row["failed_rules"] = "diverged"
         return result
     result.row["seconds"] = time.perf_counter() - start
-    health = run_health(traces, problem.num_params)
+    health = run_health(traces, problem.num_params, **(evidence or {}))
     failed = [c.name for c in health.report.failed]
     if not traces.diagnostics.is_healthy:
         failed.append("core_diagnostics")
@@ -581,6 +595,7 @@ def run_setting(problem: Problem, config: SGLDConfig, truncate_to: int | None) -
         healthy=health.healthy,
         failed_rules=";".join(failed),
         ess=health.report.stats.get("ess_median", math.nan),
+        resolved_share=health.metrics.get("health/resolved_share", math.nan),
         rhat=health.report.stats.get("rhat", math.nan),
     )
     for task, (truth, items, _) in problem.truths.items():
@@ -603,9 +618,9 @@ def run_problem(
     """Every setting × seed on one problem: accuracy rows (one per truth) and calibration rows."""
     settings = [s for s in SETTINGS if s.name in bench.settings]
     base = base_sampler(problem, bench)
-    steps, calibration_rows = {}, []
+    steps, reports, calibration_rows = {}, {}, []
     for pre in sorted({s.preconditioner for s in settings}):
-        cfg, info = calibrated(problem, base.replace(preconditioner=pre))
+        cfg, info, reports[pre] = calibrated(problem, base.replace(preconditioner=pre))
         steps[pre] = cfg.step_size
         calibration_rows.append(info)
         log(f"  {problem.name}: {info['summary']}")
@@ -627,7 +642,8 @@ def run_problem(
                 num_draws=draws,
                 seed=seed,
             )
-            result = run_setting(problem, config, truncate_to if standard else None)
+            evidence = reports[setting.preconditioner].health_evidence(config)
+            result = run_setting(problem, config, truncate_to if standard else None, evidence)
             for task, (_, _, truth_label) in problem.truths.items():
                 seed_scores[task].append(result.scores.get(task))
                 setting_rows.append(

@@ -54,6 +54,13 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _verdict(row: pd.Series) -> str:
+    """``healthy``, or the verdict with the rules that failed (``precision×3``: in 3 seeds)."""
+    verdict = str(row.get("verdict", "n/a"))
+    failed = row.get("failed_rules")
+    return verdict if verdict == "healthy" or pd.isna(failed) else f"{verdict} ({failed})"
+
+
 def accuracy_block(results_dir: Path) -> str:
     """The "How accurate is BIF here" section, from ``results/accuracy/`` (``make bench-accuracy``)."""
     folder = Path(results_dir) / "accuracy"
@@ -90,7 +97,7 @@ def accuracy_block(results_dir: Path) -> str:
                         f"{_num(r['spearman_cov_mean'])} ± {_num(r['spearman_cov_sd'])}",
                         _num(r.get("seed_agreement_mean", float("nan"))),
                         _num(r.get("seconds_mean", float("nan")), 1),
-                        str(r.get("verdict", "n/a")),
+                        _verdict(r),
                         "yes" if bool(r.get("accurate", False)) else "no",
                     ]
                 )

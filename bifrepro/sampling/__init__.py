@@ -1,5 +1,7 @@
 """Local SGLD sampling around trained weights and the loss traces it records."""
 
+from bifrepro.sampling.batched import ChainBatchingError
+from bifrepro.sampling.bias_check import step_halving_check
 from bifrepro.sampling.calibration import (
     CalibrationConfig,
     CalibrationError,
@@ -9,6 +11,11 @@ from bifrepro.sampling.calibration import (
     resolve_sampler,
 )
 from bifrepro.sampling.config import SGLDConfig
+from bifrepro.sampling.curvature import (
+    preconditioned_top_eigenvalue,
+    rmsprop_preconditioner,
+    top_hessian_eigenvalue,
+)
 from bifrepro.sampling.diagnostics import (
     ChainDiagnostics,
     ChainDriftWarning,
@@ -17,17 +24,20 @@ from bifrepro.sampling.diagnostics import (
     trend_tstat,
 )
 from bifrepro.sampling.health import (
+    HealthCheck,
     HealthReport,
     HealthThresholds,
     RunHealth,
     assess_chains,
     assess_traces,
+    check_precision,
     detrend_effect,
     detrend_traces,
     effective_sample_size,
     run_health,
 )
 from bifrepro.sampling.parameters import count_sampled_parameters, sampled_parameters
+from bifrepro.sampling.precision_target import draws_for_resolved
 from bifrepro.sampling.sampler import LossFn, sample_loss_traces
 from bifrepro.sampling.uncertainty import (
     ScoreUncertainty,
@@ -43,6 +53,7 @@ __all__ = [
     "sample_loss_traces",
     "LossTraces",
     "LossFn",
+    "ChainBatchingError",
     "ChainDiagnostics",
     "ChainDriftWarning",
     "SamplerDivergedError",
@@ -58,8 +69,15 @@ __all__ = [
     "calibrate",
     "calibrate_report",
     "resolve_sampler",
+    "HealthCheck",
     "HealthReport",
     "HealthThresholds",
+    "check_precision",
+    "step_halving_check",
+    "preconditioned_top_eigenvalue",
+    "rmsprop_preconditioner",
+    "top_hessian_eigenvalue",
+    "draws_for_resolved",
     "assess_chains",
     "assess_traces",
     "detrend_effect",
