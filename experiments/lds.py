@@ -100,7 +100,10 @@ def _title(problem: LDSProblem, runs: dict[str, MethodRun], sampler: Any | None)
         f"q={problem.n_query}; m={exp.num_subsets} subsets × k={k} seed{'s' if k > 1 else ''})"
     )
     if "bif" in runs and sampler is not None:
-        verdict = "chains healthy" if runs["bif"].chains_healthy else "chains UNHEALTHY"
+        bif = runs["bif"]
+        verdict = bif.chain_verdict or (
+            "chains healthy" if bif.chains_healthy else "chains UNHEALTHY"
+        )
         head += (
             f"\nBIF: {sampler.num_chains}×{sampler.num_draws} draws, ε={sampler.step_size:g}, "
             f"nβ={sampler.nbeta:g}, γ={sampler.localization:g}; {verdict}"

@@ -56,6 +56,8 @@ class MethodRun:
     chain_metrics: dict[str, float] = field(default_factory=dict)
     chain_summary: str = ""
     chains_healthy: bool = True
+    #: Short verdict naming the failed rules (figure titles; "" in caches written before it).
+    chain_verdict: str = ""
     cached: bool = False
 
 
@@ -98,6 +100,7 @@ def _run_method(
         run.chain_metrics = attributor.diagnostics_metrics("chain/")  # type: ignore[attr-defined]
         run.chain_summary = health.summary
         run.chains_healthy = health.healthy
+        run.chain_verdict = health.verdict
     else:
         run.scores[name] = scores
     log.info("%s: %s", name, timings.summary())

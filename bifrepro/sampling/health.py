@@ -880,6 +880,14 @@ class RunHealth:
     metrics: dict[str, float]
     report: HealthReport
 
+    @property
+    def verdict(self) -> str:
+        """Short verdict for figure titles: ``chains healthy`` or ``chains UNHEALTHY (rules)``."""
+        if self.healthy:
+            return "chains healthy"
+        failed = [c.name for c in self.report.failed] or ["core diagnostics"]
+        return f"chains UNHEALTHY ({', '.join(failed)})"
+
 
 def run_health(
     traces: Any,

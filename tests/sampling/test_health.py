@@ -521,3 +521,13 @@ def test_assess_chains_appends_extra_checks():
     report = assess_chains(diag, {"train": items}, extra_checks=(failing,), **kwargs)
     assert not report.is_healthy and report.checks[-1] is failing
     assert "step_halving FAIL" in report.summary()
+
+
+def test_the_short_verdict_names_the_failed_rules() -> None:
+    from bifrepro.sampling.health import HealthCheck, HealthReport, RunHealth
+
+    ok = HealthCheck("ess", 200.0, 100.0, True, "")
+    bad = HealthCheck("precision", 0.2, 0.5, False, "")
+    assert RunHealth(True, "", {}, HealthReport([ok], {})).verdict == "chains healthy"
+    unhealthy = RunHealth(False, "", {}, HealthReport([ok, bad], {}))
+    assert unhealthy.verdict == "chains UNHEALTHY (precision)"
