@@ -126,6 +126,8 @@ def _run_devinterp(model, sgld_ids, obs_ids, s: dict, args) -> tuple[torch.Tenso
         raise ValueError("--num-observed must be a multiple of --batch-size for devinterp")
     sgld_ds = datasets.Dataset.from_dict({"input_ids": sgld_ids.tolist()}).with_format("torch")
     obs_ds = datasets.Dataset.from_dict({"input_ids": obs_ids.tolist()}).with_format("torch")
+    if s["preconditioner"] not in ("none", "rmsprop"):
+        raise ValueError(f"devinterp has no {s['preconditioner']!r} preconditioner to compare with")
     method = "rmsprop_sgld" if s["preconditioner"] == "rmsprop" else "sgmcmc_sgld"
     extra = (
         {"rmsprop_eps": s["rmsprop_eps"], "rmsprop_alpha": s["rmsprop_alpha"]}

@@ -83,7 +83,7 @@ def accuracy_block(results_dir: Path) -> str:
     ]
     for task, g in summary.groupby("task", sort=False):
         best = g.loc[g["spearman_cov_mean"].idxmax()]
-        shown = g[g["setting"].isin(["sgld_cal", "rms_cal"])]
+        shown = g[g["setting"].isin(["sgld_cal", "rms_cal", "frz_cal"])]
         if best["setting"] not in set(shown["setting"]):
             shown = pd.concat([shown, best.to_frame().T])
         for _, r in shown.iterrows():

@@ -13,7 +13,7 @@ from bifrepro.validation import finite_numbers
 
 __all__ = ["SGLDConfig"]
 
-_PRECONDITIONERS = ("none", "rmsprop")
+_PRECONDITIONERS = ("none", "rmsprop", "rmsprop_frozen")
 _TRACE_DTYPES = ("float32", "float16")
 _CHAIN_BATCHING = ("off", "on", "auto")
 # Fields that change how fast or where the sampler runs but not a single number it records.
@@ -32,7 +32,11 @@ class SGLDConfig:
         Δw = -(ε/2)·G·[nβ·∇L_batch(w) + γ·(w - w*)] + √G·N(0, ε)
 
     where ``G = 1`` for ``preconditioner="none"`` and, for ``"rmsprop"``,
-    ``V ← αV + (1-α)·∇L_batch²`` (V₀ = 0), ``G = 1/(√V + rmsprop_eps)``.
+    ``V ← αV + (1-α)·∇L_batch²`` (V₀ = 0), ``G = 1/(√V + rmsprop_eps)``. ``"rmsprop_frozen"``
+    updates ``V`` the same way during the ``burn_in`` steps only and then keeps ``G`` fixed for
+    every recorded draw: plain SGLD with a constant diagonal preconditioner, whose small-step
+    limit is exactly the tempered posterior (adaptive RMSProp's ``G`` follows the chain, so the
+    chain is not Markov with that posterior as its stationary law).
     Each of ``num_chains`` chains starts at ``w*``, takes ``burn_in`` steps, then records a draw
     every ``thinning`` steps until it has ``num_draws`` draws.
     """
@@ -53,7 +57,8 @@ class SGLDConfig:
     thinning: int = 1
     #: SGLD minibatch size (clipped to the training-set size; >= size means full batch).
     batch_size: int = 64
-    #: "none" (plain SGLD) or "rmsprop" (RMSProp-preconditioned SGLD).
+    #: "none" (plain SGLD), "rmsprop" (RMSProp-preconditioned SGLD, adapted every step) or
+    #: "rmsprop_frozen" (RMSProp's preconditioner estimated during burn-in, then fixed).
     preconditioner: str = "none"
     #: RMSProp decay α of the squared-gradient average.
     rmsprop_alpha: float = 0.99
@@ -121,6 +126,8 @@ class SGLDConfig:
             bad("burn_in", "must be an integer >= 0")
         if self.preconditioner not in _PRECONDITIONERS:
             bad("preconditioner", f"must be one of {_PRECONDITIONERS}")
+        if self.preconditioner == "rmsprop_frozen" and self.burn_in < 1:
+            bad("preconditioner", "'rmsprop_frozen' estimates V during burn-in: needs burn_in >= 1")
         if not 0.0 <= self.rmsprop_alpha < 1.0:
             bad("rmsprop_alpha", "must be in [0, 1)")
         if not self.rmsprop_eps > 0:
@@ -129,6 +136,11 @@ class SGLDConfig:
             bad("trace_dtype", f"must be one of {_TRACE_DTYPES}")
         if self.chain_batching not in _CHAIN_BATCHING:
             bad("chain_batching", f"must be one of {_CHAIN_BATCHING}")
+
+    @property
+    def preconditioned(self) -> bool:
+        """Whether the update uses RMSProp's diagonal preconditioner (adaptive or frozen)."""
+        return self.preconditioner != "none"
 
     @property
     def total_steps(self) -> int:

@@ -266,7 +266,7 @@ def register_method_configs() -> None:
 class _BIFMethodHydraSchema(BIFMethodConfig):
     """BIF settings as composed by Hydra: ``sampler`` is the top-level ``sampler`` node.
 
-    One set of sampler settings serves every experiment (``sampler=sgld|rmsprop_sgld|auto``,
+    One set of sampler settings serves every experiment (``sampler=sgld|rmsprop_sgld|rmsprop_frozen_sgld|auto``,
     ``sampler.step_size=...``); a second copy under the method could silently disagree with it.
     Composed on its own (no top-level ``sampler``), the method gets the SGLD defaults.
     :func:`method_config_from_mapping` turns it into a plain :class:`BIFMethodConfig`.

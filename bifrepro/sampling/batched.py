@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from bifrepro.data.batches import EvalBatches, MinibatchStream, batch_size_of
 from bifrepro.sampling.chain_common import chain_seed, check_divergence, check_loss_shape
-from bifrepro.sampling.sgld import SGLDState, sgld_update_with_noise
+from bifrepro.sampling.sgld import SGLDState, adapts_preconditioner, sgld_update_with_noise
 from bifrepro.sgld_config import SGLDConfig
 from bifrepro.traces import TraceStore
 
@@ -319,7 +319,8 @@ class BatchedChains:
             for step in range(start_step + 1, config.total_steps + 1):
                 grads, loss = self.grads_and_losses(stacked, [s.next() for s in streams])
                 fill_noise(noise, noise_gens)
-                sgld_update_with_noise(stacked, grads, w_wide, state, config, noise)
+                adapt = adapts_preconditioner(config, step)
+                sgld_update_with_noise(stacked, grads, w_wide, state, config, noise, adapt=adapt)
                 window_loss += loss.double()
                 window_steps += 1
                 bar.update(1)

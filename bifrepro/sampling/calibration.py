@@ -214,7 +214,7 @@ def calibrate_report(
 
     lam_h = math.nan
     curvature_data = seeded_subset(train_data, cal.curvature_items, cal.seed)
-    if cal.estimate_curvature and config.preconditioner == "none":
+    if cal.estimate_curvature and not config.preconditioned:
         lam_h = top_hessian_eigenvalue(
             model,
             loss_fn,
@@ -226,7 +226,7 @@ def calibrate_report(
         )
         log.info("top Hessian eigenvalue of the mean training loss at w*: %.4g", lam_h)
     precond: list[torch.Tensor] | None = None
-    if cal.estimate_curvature and config.preconditioner == "rmsprop":
+    if cal.estimate_curvature and config.preconditioned:
         precond = rmsprop_preconditioner(model, loss_fn, train_data, config, collate_fn=collate_fn)
     curvatures: dict[tuple[float, float], StepCurvature] = {}
 

@@ -122,6 +122,9 @@ def rmsprop_preconditioner(
 ) -> Vectors:
     """RMSProp-SGLD's diagonal preconditioner ``P = 1/(√V + rmsprop_eps)`` at the end of burn-in.
 
+    For ``preconditioner="rmsprop_frozen"`` this is the ``P`` every recorded draw uses (it is
+    frozen there); adaptive RMSProp keeps moving it.
+
     Estimated from minibatch gradients **at w*** rather than by running the sampler: ``V`` is the
     exponential average of squared minibatch gradients (``V₀ = 0``), so after ``T = burn_in``
     steps (at least 1: the first update also updates ``V`` first) its expectation is

@@ -798,7 +798,7 @@ def assess_traces(
     cfg = traces.config
     names = observables if observables is not None else traces.names
     items = {n: traces[n][:, :, :max_items] if max_items else traces[n] for n in names}
-    eff = cfg.step_size / cfg.rmsprop_eps if cfg.preconditioner == "rmsprop" else cfg.step_size
+    eff = cfg.step_size / cfg.rmsprop_eps if cfg.preconditioned else cfg.step_size
     return assess_chains(
         traces.diagnostics,
         items,
@@ -808,7 +808,7 @@ def assess_traces(
         localization=cfg.localization,
         thresholds=thresholds,
         step_curvature=step_curvature,
-        preconditioned=cfg.preconditioner == "rmsprop",
+        preconditioned=cfg.preconditioned,
         extra_checks=extra_checks,
     )
 

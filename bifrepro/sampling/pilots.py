@@ -72,11 +72,11 @@ class StepCurvature:
 def plain_curvature(config: SGLDConfig, gamma: float, nbeta: float, lam_h: float) -> StepCurvature:
     """``κ`` without a preconditioner estimate: ``γ + nβ·|λ_max(H)|`` (just ``γ`` if unknown).
 
-    For RMSProp-SGLD the effective step is bounded by ``ε/rmsprop_eps``, so ``κ`` is divided by
-    ``rmsprop_eps`` and only ``γ`` is used (the old rule; used when no preconditioner estimate is
-    available).
+    For RMSProp-SGLD (adaptive or frozen) the effective step is bounded by ``ε/rmsprop_eps``, so
+    ``κ`` is divided by ``rmsprop_eps`` and only ``γ`` is used (the old rule; used when no
+    preconditioner estimate is available).
     """
-    if config.preconditioner == "rmsprop":
+    if config.preconditioned:
         return StepCurvature(gamma / config.rmsprop_eps, "ε_eff·γ")
     if math.isfinite(lam_h):
         return StepCurvature(gamma + nbeta * abs(lam_h), "ε_eff·λ_max(nβH + γI)")
@@ -120,7 +120,7 @@ def run_pilot(
     on the candidate (for the step-halving check and the precision target).
     """
     cfg = pilot_base.replace(step_size=eps, localization=gamma, nbeta=nbeta)
-    eff = eps / cfg.rmsprop_eps if cfg.preconditioner == "rmsprop" else eps
+    eff = eps / cfg.rmsprop_eps if cfg.preconditioned else eps
     cand = Candidate(
         eps, gamma, nbeta, stage, "ok", pilot_chains=cfg.num_chains, pilot_draws=cfg.num_draws
     )

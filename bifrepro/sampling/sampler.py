@@ -35,7 +35,7 @@ from bifrepro.sampling.chain_common import check_divergence as _check_divergence
 from bifrepro.sampling.chain_common import check_loss_shape
 from bifrepro.sampling.diagnostics import SamplerDivergedError
 from bifrepro.sampling.parameters import sampled_parameters
-from bifrepro.sampling.sgld import SGLDState, sgld_update
+from bifrepro.sampling.sgld import SGLDState, adapts_preconditioner, sgld_update
 from bifrepro.sgld_config import SGLDConfig
 from bifrepro.traces import LossTraces, TraceStore, _mean_over_items
 
@@ -466,7 +466,8 @@ def _run_chain(
             with torch.enable_grad():
                 loss = loss_fn(work, batch).mean()
             grads = torch.autograd.grad(loss, params)
-            sgld_update(params, list(grads), w_star, state, config, noise_gen)
+            adapt = adapts_preconditioner(config, step)
+            sgld_update(params, list(grads), w_star, state, config, noise_gen, adapt=adapt)
             window_loss += loss.detach().double()
             window_steps += 1
             bar.update(1)

@@ -9,20 +9,42 @@ import torch
 
 from bifrepro.sampling.config import SGLDConfig
 
-__all__ = ["SGLDState", "sgld_noise", "sgld_update", "sgld_update_with_noise"]
+__all__ = [
+    "SGLDState",
+    "adapts_preconditioner",
+    "sgld_noise",
+    "sgld_update",
+    "sgld_update_with_noise",
+]
 
 
 @dataclass
 class SGLDState:
-    """Per-chain mutable state: RMSProp's running squared-gradient average (if used)."""
+    """Per-chain mutable state: RMSProp's running squared-gradient average (if used).
+
+    For ``"rmsprop_frozen"`` whether ``V`` is still updated follows from the step number
+    (:func:`adapts_preconditioner`), so a resumed chain needs only ``V`` itself.
+    """
 
     square_avg: list[torch.Tensor] = field(default_factory=list)
+    #: ``(G, √G)`` of a frozen ``V``, computed on the first non-adapting step (speed only:
+    #: the same numbers as recomputing them); cleared by any step that updates ``V``.
+    frozen: tuple[list[torch.Tensor], list[torch.Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
     def init(cls, params: list[torch.Tensor], config: SGLDConfig) -> SGLDState:
-        if config.preconditioner == "rmsprop":
+        if config.preconditioned:
             return cls([torch.zeros_like(p) for p in params])
         return cls([])
+
+
+def adapts_preconditioner(config: SGLDConfig, step: int) -> bool:
+    """Whether SGLD step ``step`` (1-based) updates RMSProp's ``V`` before using it.
+
+    Adaptive RMSProp updates it on every step; ``"rmsprop_frozen"`` on the ``burn_in`` steps only,
+    so every recorded draw comes from one fixed preconditioner.
+    """
+    return config.preconditioner != "rmsprop_frozen" or step <= config.burn_in
 
 
 def sgld_noise(params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
@@ -40,13 +62,17 @@ def sgld_update(
     state: SGLDState,
     config: SGLDConfig,
     generator: torch.Generator,
+    *,
+    adapt: bool = True,
 ) -> None:
     """``w ← w - (ε/2)·G·[nβ·g + γ·(w - w*)] + √(εG)·ξ``, ξ ~ N(0, I), for every parameter.
 
     ``G`` is 1 for plain SGLD and ``1/(√V + eps)`` for RMSProp-SGLD, with
-    ``V ← αV + (1-α)·g²`` updated from the minibatch loss gradient ``g`` first.
+    ``V ← αV + (1-α)·g²`` updated from the minibatch loss gradient ``g`` first when ``adapt``
+    (pass :func:`adapts_preconditioner`; ``False`` keeps ``V``, i.e. a frozen preconditioner).
     """
-    sgld_update_with_noise(params, grads, w_star, state, config, sgld_noise(params, generator))
+    noise = sgld_noise(params, generator)
+    sgld_update_with_noise(params, grads, w_star, state, config, noise, adapt=adapt)
 
 
 @torch.no_grad()
@@ -57,6 +83,8 @@ def sgld_update_with_noise(
     state: SGLDState,
     config: SGLDConfig,
     noise: list[torch.Tensor],
+    *,
+    adapt: bool = True,
 ) -> None:
     """:func:`sgld_update` with the standard normal draws ``noise`` given (overwritten in place).
 
@@ -69,15 +97,27 @@ def sgld_update_with_noise(
     if config.localization > 0:
         diff = torch._foreach_sub(params, w_star)
         torch._foreach_add_(drift, diff, alpha=config.localization)
-    if config.preconditioner == "rmsprop":
-        v = state.square_avg
-        torch._foreach_mul_(v, config.rmsprop_alpha)
-        torch._foreach_addcmul_(v, grads, grads, value=1.0 - config.rmsprop_alpha)
-        precond = torch._foreach_sqrt(v)
-        torch._foreach_add_(precond, config.rmsprop_eps)
-        torch._foreach_reciprocal_(precond)
+    if config.preconditioned:
+        precond, root = _preconditioner(state, config, grads, adapt)
         torch._foreach_mul_(drift, precond)
-        torch._foreach_sqrt_(precond)
-        torch._foreach_mul_(noise, precond)
+        torch._foreach_mul_(noise, root)
     torch._foreach_add_(params, drift, alpha=-eps / 2)
     torch._foreach_add_(params, noise, alpha=math.sqrt(eps))
+
+
+def _preconditioner(
+    state: SGLDState, config: SGLDConfig, grads: list[torch.Tensor], adapt: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``G = 1/(√V + eps)`` and ``√G``, after updating ``V`` when ``adapt`` (else cached)."""
+    if not adapt and state.frozen is not None:
+        return state.frozen
+    v = state.square_avg
+    if adapt:
+        torch._foreach_mul_(v, config.rmsprop_alpha)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - config.rmsprop_alpha)
+    precond = torch._foreach_sqrt(v)
+    torch._foreach_add_(precond, config.rmsprop_eps)
+    torch._foreach_reciprocal_(precond)
+    root = torch._foreach_sqrt(precond)
+    state.frozen = None if adapt else (precond, root)
+    return precond, root

@@ -48,7 +48,7 @@ def anchor_grid(
     if curvature is None:
         lam = hessian_top_eigenvalue
         curvature = gamma + (nbeta * abs(lam) if math.isfinite(lam) else 0.0)
-        curvature /= config.rmsprop_eps if config.preconditioner == "rmsprop" else 1.0
+        curvature /= config.rmsprop_eps if config.preconditioned else 1.0
     cap = cal.max_step_curvature / curvature * (1 - 1e-9) if curvature > 0 else math.inf
     if not cal.grid_min < cap < cal.grid_max:
         return coarse

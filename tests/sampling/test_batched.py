@@ -99,7 +99,7 @@ def test_batched_chains_follow_the_sequential_chains_random_streams():
 def test_short_runs_match_sequential_to_rounding_with_minibatches_and_rmsprop():
     x, y, model = regression_problem()
     ds = TensorDataset(x, y)
-    for precond in ("none", "rmsprop"):
+    for precond in ("none", "rmsprop", "rmsprop_frozen"):
         cfg = SGLDConfig(**FAST, preconditioner=precond)
         off = sample(model, mse_loss, ds, {"train": ds}, cfg.replace(chain_batching="off"))
         on = sample(model, mse_loss, ds, {"train": ds}, cfg.replace(chain_batching="on"))

@@ -283,6 +283,7 @@ def test_hydra_sampler_auto_turns_calibration_on():
         off = compose("config")
         auto = compose("config", overrides=["sampler=auto", "calibration.grid_min=1e-6"])
         rms = compose("config", overrides=["sampler=rmsprop_sgld", "calibration=auto"])
+        frozen = compose("config", overrides=["sampler=rmsprop_frozen_sgld"])
     assert not CalibrationConfig.from_mapping(
         OmegaConf.to_container(off.calibration, resolve=True)
     ).enabled
@@ -291,6 +292,9 @@ def test_hydra_sampler_auto_turns_calibration_on():
     # sampler=auto is plain SGLD with the experiment's own settings (the toy's nβ = 100).
     assert auto.sampler.preconditioner == "none" and auto.sampler.nbeta == off.sampler.nbeta
     assert rms.sampler.preconditioner == "rmsprop" and rms.calibration.enabled
+    assert frozen.sampler.preconditioner == "rmsprop_frozen"
+    assert frozen.sampler.step_size == rms.sampler.step_size
+    SGLDConfig.from_mapping(OmegaConf.to_container(frozen.sampler, resolve=True))
 
 
 # -- step-halving bias check, preconditioned curvature, precision target --------------------------
@@ -349,11 +353,13 @@ def test_a_step_halving_failure_is_reported_when_the_rounds_run_out(problem, tmp
     assert saved["bias_check"]["name"] == "step_halving" and not saved["bias_check"]["passed"]
 
 
-def test_rmsprop_prefilter_uses_the_preconditioned_curvature(problem):
+@pytest.mark.parametrize("preconditioner", ["rmsprop", "rmsprop_frozen"])
+def test_rmsprop_prefilter_uses_the_preconditioned_curvature(problem, preconditioner):
     data, model, lam_max = problem
     # Full batches: the gradient vanishes at w*, so P = 1/rmsprop_eps = 10 and the chain sees
     # 10·A. At ε = 1e-3 the old rule ε_eff·γ = 0.2 admits the step, but ε·λ_max(P^½AP^½) = 1.76.
-    config = _config(preconditioner="rmsprop", rmsprop_eps=0.1)
+    # The frozen preconditioner is the same P (RMSProp's at the end of burn-in), kept fixed.
+    config = _config(preconditioner=preconditioner, rmsprop_eps=0.1)
     cal = CalibrationConfig(anchor_grid=False, bias_check=False, **_GRID)
     report = calibrate_report(model, mse_loss, data, config, calibration=cal, progress=False)
     assert report.top_eigenvalue == pytest.approx(10 * lam_max, rel=1e-3)

@@ -82,11 +82,14 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, mode, kill_point):
     assert torch.equal(reopened["query"], reference["query"])
 
 
+@pytest.mark.parametrize("preconditioner", ["none", "rmsprop_frozen"])
 @pytest.mark.parametrize(("mode", "fail_at"), [("off", 150), ("on", 80)])
-def test_in_process_interruption_resumes_from_checkpoint(tmp_path, mode, fail_at):
+def test_in_process_interruption_resumes_from_checkpoint(tmp_path, mode, fail_at, preconditioner):
     """An exception mid-chain (like Ctrl-C) leaves a resumable store; rerun completes it exactly.
 
     Batched chains call ``loss_fn`` once per step for all chains, hence the earlier ``fail_at``.
+    With the frozen preconditioner the checkpointed V must come back, and stay frozen: the
+    resumed step count is past burn-in.
     """
     x, y, model = regression_problem()
     ds = TensorDataset(x, y)
@@ -101,6 +104,7 @@ def test_in_process_interruption_resumes_from_checkpoint(tmp_path, mode, fail_at
         batch_size=8,
         checkpoint_every=4,
         chain_batching=mode,
+        preconditioner=preconditioner,
     )
     reference = sample_loss_traces(model, mse_loss, ds, {"train": ds}, cfg, progress=False)
 
