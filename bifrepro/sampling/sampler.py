@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,24 +257,26 @@ def sample_loss_traces(
                 )
             else:
                 _run_chains_one_by_one(
-                    work,
-                    params,
-                    w_star,
-                    loss_fn,
-                    train_data,
-                    obs,
-                    eval_sets,
-                    config,
-                    arrays,
-                    scratch,
-                    sgld_loss,
-                    distance,
-                    limits,
-                    completed,
-                    store,
-                    progress,
-                    collate_fn,
-                    device,
+                    _Chains(
+                        work,
+                        params,
+                        w_star,
+                        loss_fn,
+                        train_data,
+                        obs,
+                        eval_sets,
+                        config,
+                        arrays,
+                        scratch,
+                        sgld_loss,
+                        distance,
+                        limits,
+                        completed,
+                        store,
+                        progress,
+                        collate_fn,
+                        device,
+                    )
                 )
         except SamplerDivergedError as err:
             if store is not None:
@@ -360,87 +363,53 @@ def _auto_declines(config: SGLDConfig, device: torch.device) -> str | None:
     return None
 
 
-def _run_chains_one_by_one(
-    work: torch.nn.Module,
-    params: list[torch.Tensor],
-    w_star: list[torch.Tensor],
-    loss_fn: LossFn,
-    train_data: Dataset,
-    obs: dict[str, tuple[Dataset, LossFn]],
-    eval_sets: dict[str, EvalBatches],
-    config: SGLDConfig,
-    arrays: dict[str, torch.Tensor],
-    scratch: dict[str, torch.Tensor],
-    sgld_loss: torch.Tensor,
-    distance: torch.Tensor,
-    limits: dict[str, float],
-    completed: list[int],
-    store: TraceStore | None,
-    progress: bool | None,
-    collate_fn: Callable[[list[Any]], Any] | None,
-    device: torch.device,
-) -> None:
+@dataclass
+class _Chains:
+    """Everything the sequential chains share (one object instead of 18 arguments)."""
+
+    work: torch.nn.Module
+    params: list[torch.Tensor]
+    w_star: list[torch.Tensor]
+    loss_fn: LossFn
+    train_data: Dataset
+    obs: dict[str, tuple[Dataset, LossFn]]
+    eval_sets: dict[str, EvalBatches]
+    config: SGLDConfig
+    arrays: dict[str, torch.Tensor]
+    scratch: dict[str, torch.Tensor]
+    sgld_loss: torch.Tensor
+    distance: torch.Tensor
+    limits: dict[str, float]
+    completed: list[int]
+    store: TraceStore | None
+    progress: bool | None
+    collate_fn: Callable[[list[Any]], Any] | None
+    device: torch.device
+
+
+def _run_chains_one_by_one(run: _Chains) -> None:
     """The sequential path: each unfinished chain in turn (``chain_batching`` off or declined)."""
-    for chain in range(config.num_chains):
-        if completed[chain] >= config.num_draws:
+    for chain in range(run.config.num_chains):
+        if run.completed[chain] >= run.config.num_draws:
             continue
-        _run_chain(
-            chain,
-            work,
-            params,
-            w_star,
-            loss_fn,
-            train_data,
-            obs,
-            eval_sets,
-            config,
-            arrays,
-            scratch,
-            sgld_loss,
-            distance,
-            limits,
-            completed,
-            store,
-            progress,
-            collate_fn,
-            device,
-        )
+        _run_chain(chain, run)
 
 
-def _run_chain(
-    chain: int,
-    work: torch.nn.Module,
-    params: list[torch.Tensor],
-    w_star: list[torch.Tensor],
-    loss_fn: LossFn,
-    train_data: Dataset,
-    obs: dict[str, tuple[Dataset, LossFn]],
-    eval_sets: dict[str, EvalBatches],
-    config: SGLDConfig,
-    arrays: dict[str, torch.Tensor],
-    scratch: dict[str, torch.Tensor],
-    sgld_loss: torch.Tensor,
-    distance: torch.Tensor,
-    limits: dict[str, float],
-    completed: list[int],
-    store: TraceStore | None,
-    progress: bool | None,
-    collate_fn: Callable[[list[Any]], Any] | None,
-    device: torch.device,
-) -> None:
+def _run_chain(chain: int, run: _Chains) -> None:
     """Run (or resume) one chain, writing each kept draw and committing it before the next."""
+    work, params, w_star, config, device = run.work, run.params, run.w_star, run.config, run.device
     noise_gen = torch.Generator(device=device).manual_seed(_chain_seed(config.seed, chain, 0))
     batch_gen = torch.Generator().manual_seed(_chain_seed(config.seed, chain, 1))
     stream = MinibatchStream(
-        train_data, config.batch_size, device, batch_gen, config.cache_data, collate_fn
+        run.train_data, config.batch_size, device, batch_gen, config.cache_data, run.collate_fn
     )
     state = SGLDState.init(params, config)
     start_step = 0
     with torch.no_grad():
         for p, p0 in zip(params, w_star, strict=True):
             p.copy_(p0)
-    ckpt = store.load_checkpoint(chain) if store is not None else None
-    if ckpt is not None and ckpt["draw"] <= completed[chain]:
+    ckpt = run.store.load_checkpoint(chain) if run.store is not None else None
+    if ckpt is not None and ckpt["draw"] <= run.completed[chain]:
         with torch.no_grad():
             for p, saved in zip(params, ckpt["params"], strict=True):
                 p.copy_(saved)
@@ -448,7 +417,7 @@ def _run_chain(
         noise_gen.set_state(ckpt["noise_rng"])
         stream.load_state_dict(ckpt["stream"])
         start_step = ckpt["step"]
-    done = completed[chain]
+    done = run.completed[chain]
     total = config.total_steps
     window_loss = torch.zeros((), dtype=torch.float64, device=device)
     window_steps = 0
@@ -456,7 +425,7 @@ def _run_chain(
         total=total,
         initial=start_step,
         desc=f"SGLD chain {chain + 1}/{config.num_chains}",
-        disable=None if progress is None else not progress,
+        disable=None if run.progress is None else not run.progress,
         leave=False,
         unit="step",
     )
@@ -464,7 +433,7 @@ def _run_chain(
         for step in range(start_step + 1, total + 1):
             batch = stream.next()
             with torch.enable_grad():
-                loss = loss_fn(work, batch).mean()
+                loss = run.loss_fn(work, batch).mean()
             grads = torch.autograd.grad(loss, params)
             adapt = adapts_preconditioner(config, step)
             sgld_update(params, list(grads), w_star, state, config, noise_gen, adapt=adapt)
@@ -482,20 +451,22 @@ def _run_chain(
             _check_divergence(
                 mean_step_loss, float("inf"), config, chain, draw, "SGLD minibatch loss"
             )
-            for name, (_, fn) in obs.items():
-                _evaluate_into(work, fn, eval_sets[name], scratch[name], name)
-                mean = float(scratch[name].double().mean())
-                _check_divergence(mean, limits[name], config, chain, draw, f"mean loss of {name!r}")
-                arrays[name][chain, draw].copy_(scratch[name])
+            for name, (_, fn) in run.obs.items():
+                _evaluate_into(work, fn, run.eval_sets[name], run.scratch[name], name)
+                mean = float(run.scratch[name].double().mean())
+                _check_divergence(
+                    mean, run.limits[name], config, chain, draw, f"mean loss of {name!r}"
+                )
+                run.arrays[name][chain, draw].copy_(run.scratch[name])
             with torch.no_grad():
                 diffs = torch._foreach_sub(params, w_star)
                 dist = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs))))
-            sgld_loss[chain, draw] = mean_step_loss
-            distance[chain, draw] = dist
+            run.sgld_loss[chain, draw] = mean_step_loss
+            run.distance[chain, draw] = dist
             done = draw + 1
-            completed[chain] = done
-            if store is not None:
-                _commit(store, chain, done, step, params, state, noise_gen, stream, config)
+            run.completed[chain] = done
+            if run.store is not None:
+                _commit(run.store, chain, done, step, params, state, noise_gen, stream, config)
     finally:
         bar.close()
 
