@@ -18,7 +18,7 @@ The rule
    variance ``1/(a(1 - εa/4))``: stable for ``εa < 4`` and inflated by ``1/(1 - εa/4)``. The top
    eigenvalue of ``H`` (mean training loss at w*, on ``curvature_items`` seeded training items) is
    estimated by power iteration on Hessian-vector products, and candidates with
-   ``ε·λ_max(A) > max_step_curvature`` (default 1: inflation <= 1.33 in the stiffest direction)
+   ``ε·λ_max(A) > max_step_curvature`` (default 0.5: inflation <= 1.14 in the stiffest direction)
    are rejected without running. For RMSProp-SGLD the chain sees ``P^½AP^½`` (``P`` the diagonal
    preconditioner, estimated at the end of burn-in by
    :func:`~bifrepro.sampling.curvature.rmsprop_preconditioner`), so ``ε·λ_max(P^½AP^½)`` is

@@ -209,7 +209,8 @@ def test_a_window_narrower_than_the_grid_is_found_by_refining_below_the_divergen
     data, model, lam_max = problem
     # Grid 1e-1 (beyond the curvature limit), 1e-3 (mixes too slowly), 1e-5: the healthy window
     # lies in between.
-    kw = dict(grid_min=1e-5, grid_max=1e-1, grid_points=3, refine_points=2)
+    # (max_step_curvature 1: the window this test was built around; the default is stricter)
+    kw = dict(grid_min=1e-5, grid_max=1e-1, grid_points=3, refine_points=2, max_step_curvature=1.0)
     cal = CalibrationConfig(anchor_grid=False, **kw)
     report = calibrate_report(model, mse_loss, data, _config(), calibration=cal)
     assert report.healthy, report.table[["step_size", "reasons"]]
@@ -360,7 +361,7 @@ def test_rmsprop_prefilter_uses_the_preconditioned_curvature(problem, preconditi
     # 10·A. At ε = 1e-3 the old rule ε_eff·γ = 0.2 admits the step, but ε·λ_max(P^½AP^½) = 1.76.
     # The frozen preconditioner is the same P (RMSProp's at the end of burn-in), kept fixed.
     config = _config(preconditioner=preconditioner, rmsprop_eps=0.1)
-    cal = CalibrationConfig(anchor_grid=False, bias_check=False, **_GRID)
+    cal = CalibrationConfig(anchor_grid=False, bias_check=False, max_step_curvature=1.0, **_GRID)
     report = calibrate_report(model, mse_loss, data, config, calibration=cal, progress=False)
     assert report.top_eigenvalue == pytest.approx(10 * lam_max, rel=1e-3)
     row = report.table.set_index("step_size").loc[1e-3]
@@ -370,7 +371,10 @@ def test_rmsprop_prefilter_uses_the_preconditioned_curvature(problem, preconditi
     assert report.curvature == pytest.approx(report.config.step_size * 10 * lam_max, rel=1e-3)
     assert report.curvature <= cal.max_step_curvature
     # The old rule (no estimate: ε_eff·γ only) runs that step and would choose above the limit.
-    old = CalibrationConfig(anchor_grid=False, bias_check=False, estimate_curvature=False, **_GRID)
+    old = CalibrationConfig(
+        anchor_grid=False, bias_check=False, estimate_curvature=False, max_step_curvature=1.0,
+        **_GRID,
+    )  # fmt: skip
     before = calibrate_report(model, mse_loss, data, config, calibration=old, progress=False)
     assert before.table.set_index("step_size").loc[1e-3, "status"] == "ok"
     assert before.config.step_size * 10 * lam_max > 1
@@ -426,3 +430,16 @@ def test_new_calibration_fields_are_validated():
             CalibrationConfig(**bad)
     ok = CalibrationConfig(target_resolved=0.5, max_draws=1000, bias_check_rounds=3)
     assert ok.target_resolved == 0.5 and ok.max_draws == 1000
+
+
+def test_the_default_curvature_cap_bounds_the_variance_inflation(problem):
+    """Default cap 0.5: the chosen step inflates the stiffest direction's variance by <= 1.14
+    (1/(1 - ε·λ_max/4) on the exact linear-Gaussian problem)."""
+    data, model, lam_max = problem
+    report = calibrate_report(
+        model, mse_loss, data, _config(), calibration=CalibrationConfig(bias_check=False, **_GRID)
+    )
+    assert CalibrationConfig().max_step_curvature == 0.5
+    assert report.chosen is not None
+    assert report.config.step_size * lam_max <= 0.5 * (1 + 1e-3)
+    assert 1 / (1 - report.config.step_size * lam_max / 4) <= 1.143
