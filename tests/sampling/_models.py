@@ -17,6 +17,21 @@ def regression_problem(n: int = 40, d: int = 3, seed: int = 0):
     return x, y, model
 
 
+def gaussian_regression(n: int = 40, d: int = 3, seed: int = 0):
+    """Float64 least squares at its minimum w*: the local posterior is Gaussian, known exactly.
+    Returns ``x, y, w_star, model``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.5 * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
+    w_star = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w_star[None])
+    return x, y, w_star, model
+
+
 def mse_loss(model: torch.nn.Module, batch) -> torch.Tensor:
     x, y = batch
     return 0.5 * (y - model(x).squeeze(-1)) ** 2

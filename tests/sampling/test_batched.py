@@ -21,7 +21,13 @@ from bifrepro.sampling.batched import ChainBatchingError, fill_noise
 from bifrepro.sampling.sgld import sgld_noise
 from bifrepro.sgld_config import _NON_SEMANTIC_FIELDS
 from bifrepro.traces import LossTraces
-from tests.sampling._models import DictDataset, dict_mse_loss, mse_loss, regression_problem
+from tests.sampling._models import (
+    DictDataset,
+    dict_mse_loss,
+    gaussian_regression,
+    mse_loss,
+    regression_problem,
+)
 
 FAST = dict(
     step_size=1e-3,
@@ -44,15 +50,7 @@ def sample(*args, **kwargs) -> LossTraces:
 
 def _linear_problem(n: int = 40, d: int = 3, seed: int = 0):
     """Float64 linear regression, where the local posterior is Gaussian and known exactly."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.5 * torch.randn(
-        n, generator=g, dtype=torch.float64
-    )
-    w_star = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)
-    model = torch.nn.Linear(d, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(w_star[None])
+    x, y, _, model = gaussian_regression(n, d, seed)
     return x, y, model
 
 

@@ -14,20 +14,13 @@ from torch.utils.data import TensorDataset
 from bifrepro.sampling import SGLDConfig, sample_loss_traces
 from bifrepro.sampling.bias_check import step_halving_check, step_halving_stats, total_variance
 from bifrepro.sampling.health import HealthCheck
+from tests.sampling._models import gaussian_regression
 
 NBETA, GAMMA = 100.0, 20.0
 
 
 def _problem(n: int = 40, d: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.5 * torch.randn(
-        n, generator=g, dtype=torch.float64
-    )
-    w_star = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)
-    model = torch.nn.Linear(d, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(w_star[None])
+    x, y, w_star, model = gaussian_regression(n, d, seed)
     precision = NBETA / n * x.T @ x + GAMMA * torch.eye(d, dtype=torch.float64)
     return TensorDataset(x, y), model, w_star, precision
 

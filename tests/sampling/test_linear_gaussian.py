@@ -14,19 +14,11 @@ from torch.utils.data import TensorDataset
 
 from bifrepro.attribution import bif_scores
 from bifrepro.sampling import SGLDConfig, sample_loss_traces
+from tests.sampling._models import gaussian_regression
 
 
 def _problem(n: int = 40, d: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + 0.5 * torch.randn(
-        n, generator=g, dtype=torch.float64
-    )
-    w_star = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)
-    model = torch.nn.Linear(d, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(w_star[None])
-    return x, y, w_star, model
+    return gaussian_regression(n, d, seed)
 
 
 def _loss(model: torch.nn.Module, batch) -> torch.Tensor:
