@@ -64,8 +64,12 @@ class SGLDConfig:
     rmsprop_alpha: float = 0.99
     #: RMSProp stabiliser added to √V.
     rmsprop_eps: float = 0.1
-    #: Master seed; chain c uses streams derived from (seed, c).
+    #: Master seed; chain c uses streams derived from (seed, first_chain + c).
     seed: int = 0
+    #: Global index of this run's first chain: a run of ``num_chains=k, first_chain=j`` records
+    #: exactly chains j..j+k-1 of one larger run with the same seed, so chains can run as
+    #: separate jobs and be merged (:func:`bifrepro.traces.merge_trace_stores`).
+    first_chain: int = 0
     #: Batch size of the no-grad loss evaluation of observed items (speed only).
     eval_batch_size: int = 256
     #: Keep collated data in memory on the model's device (speed only; turn off for huge pools).
@@ -122,8 +126,10 @@ class SGLDConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "must be an integer >= 1")
-        if not isinstance(self.burn_in, int) or isinstance(self.burn_in, bool) or self.burn_in < 0:
-            bad("burn_in", "must be an integer >= 0")
+        for name in ("burn_in", "first_chain"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                bad(name, "must be an integer >= 0")
         if self.preconditioner not in _PRECONDITIONERS:
             bad("preconditioner", f"must be one of {_PRECONDITIONERS}")
         if self.preconditioner == "rmsprop_frozen" and self.burn_in < 1:
@@ -153,6 +159,8 @@ class SGLDConfig:
     def fingerprint(self) -> str:
         """Hash of every field that changes the recorded numbers (not speed-only fields)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NON_SEMANTIC_FIELDS}
+        if d["first_chain"] == 0:  # the default leaves fingerprints of earlier stores unchanged
+            del d["first_chain"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> SGLDConfig:

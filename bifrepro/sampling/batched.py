@@ -286,11 +286,16 @@ class BatchedChains:
         """Run (or resume) all chains together, committing each kept draw before the next."""
         config, c_total, device = self.config, self.num_chains, self.device
         noise_gens = [
-            torch.Generator(device=device).manual_seed(chain_seed(config.seed, c, 0))
+            torch.Generator(device=device).manual_seed(
+                chain_seed(config.seed, config.first_chain + c, 0)
+            )
             for c in range(c_total)
         ]
         streams = [
-            chain_stream(base_stream, torch.Generator().manual_seed(chain_seed(config.seed, c, 1)))
+            chain_stream(
+                base_stream,
+                torch.Generator().manual_seed(chain_seed(config.seed, config.first_chain + c, 1)),
+            )
             for c in range(c_total)
         ]
         stacked = [w.detach().unsqueeze(0).repeat(c_total, *[1] * w.dim()) for w in w_star]

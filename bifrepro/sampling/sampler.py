@@ -398,8 +398,12 @@ def _run_chains_one_by_one(run: _Chains) -> None:
 def _run_chain(chain: int, run: _Chains) -> None:
     """Run (or resume) one chain, writing each kept draw and committing it before the next."""
     work, params, w_star, config, device = run.work, run.params, run.w_star, run.config, run.device
-    noise_gen = torch.Generator(device=device).manual_seed(_chain_seed(config.seed, chain, 0))
-    batch_gen = torch.Generator().manual_seed(_chain_seed(config.seed, chain, 1))
+    noise_gen = torch.Generator(device=device).manual_seed(
+        _chain_seed(config.seed, config.first_chain + chain, 0)
+    )
+    batch_gen = torch.Generator().manual_seed(
+        _chain_seed(config.seed, config.first_chain + chain, 1)
+    )
     stream = MinibatchStream(
         run.train_data, config.batch_size, device, batch_gen, config.cache_data, run.collate_fn
     )
