@@ -156,12 +156,14 @@ def _attribute_and_evaluate(
     metrics.update({f"model/{k}": v for k, v in info.items()})
     methods = dict(vc.methods)
     artifacts: dict[str, str] = {}
+    evidence = None
     if "bif" in exp.methods and vc.calibration.enabled:  # sampler=auto
         methods["bif"], report = calibrate_bif(problem, model, methods["bif"], vc.calibration)
         for path in save_calibration(report, stage / "calibration").values():
             artifacts[str(Path(path).relative_to(stage))] = "calibration"
         metrics.update(report.to_metrics("calibration/"))
-    runs = attribute(problem, model, methods)
+        evidence = report.health_evidence()  # curvature + step-halving check for BIF's health
+    runs = attribute(problem, model, methods, bif_evidence=evidence)
     table, per_query, results = evaluate(problem, runs, actual)
     paired = paired_differences(results, "ekfac", exp.num_bootstrap, exp.confidence, exp.mask_seed)
     metrics.update(_summary_metrics(table, paired, runs, actual))

@@ -223,8 +223,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 lm_train_seconds=training["train_seconds"], lm_final_loss=training["final_loss"],
                 num_parameters=float(training["num_parameters"]),
             )  # fmt: skip
-        # calibration=auto: once, at the last checkpoint, for every job; the training job
-        # computes it right away so that the checkpoint jobs only read it
+        # calibration=auto: once, at the last checkpoint (computed by the training job)
         calibration = shared_calibration(ckpts, data, sampler, cal_cfg, exp.mode != "merge")
         used = calibration.sampler if calibration is not None else sampler
         if calibration is not None:
@@ -232,8 +231,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         paths = {lab: result_path(ckpts.work_dir, lab, used, sampler) for lab in ckpts.labels}
 
         def run_one(lab: str) -> dict[str, Any]:
+            evidence = calibration.evidence_for(lab) if calibration is not None else None
             return run_checkpoint(ckpts, data, used, lab, paths[lab], exp,
-                                  cal_cfg.thresholds, exp.overwrite)  # fmt: skip
+                                  cal_cfg.thresholds, exp.overwrite, evidence)  # fmt: skip
 
         if exp.mode == "train":
             metrics.update(calibration.metrics if calibration is not None else {})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -53,6 +54,10 @@ class BIFAttributor(Attributor):
         self.traces: LossTraces | None = None
         self.health: HealthReport | None = None
         self.run_health: RunHealth | None = None
+        #: What a calibration measured that the traces cannot show (``step_curvature``,
+        #: ``extra_checks``: :meth:`~bifrepro.sampling.CalibrationReport.health_evidence`),
+        #: passed to every run's health check.
+        self.health_evidence: dict[str, Any] = {}
         self._calls = 0
 
     def _fit(self) -> None:
@@ -81,6 +86,7 @@ class BIFAttributor(Attributor):
             out_dir=out_dir,
             progress=cfg.progress,
             normalize=cfg.normalize,
+            **self.health_evidence,
         )
         self.traces, self.run_health, self.health = run.traces, run.health, run.health.report
         log.info("bif: %s | %s", run.traces.diagnostics.summary(), self.health.summary())

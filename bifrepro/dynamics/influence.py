@@ -75,6 +75,7 @@ def bif_over_checkpoints(
     query_data: Dataset | None = None,
     trace_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    evidence: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> CheckpointBIF:
     """Sample the local posterior at each checkpoint and score query x train influence.
 
@@ -90,6 +91,9 @@ def bif_over_checkpoints(
         query_data: queries; ``None`` scores the training set against itself.
         trace_dir: keep each checkpoint's traces under ``trace_dir/step_<step>`` (resumable).
         progress: tqdm bar over checkpoints (``None``: only on a terminal).
+        evidence: per checkpoint step, what a calibration there measured that the traces cannot
+            show (:meth:`~bifrepro.sampling.CalibrationReport.health_evidence`: the step
+            curvature and the step-halving check), judged with that checkpoint's chains.
 
     Raises:
         SamplerDivergedError: the sampler diverged at a checkpoint. A curve with a hole is not a
@@ -116,6 +120,7 @@ def bif_over_checkpoints(
                     config=config,
                     out_dir=out_dir,
                     progress=False,
+                    **(evidence or {}).get(int(step), {}),
                 )
             cov_rows.append(run.scores("covariance"))
             corr_rows.append(run.scores("correlation"))

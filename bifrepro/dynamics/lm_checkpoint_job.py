@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,10 @@ def load_result(path: Path) -> dict[str, Any]:
 
 
 def _add_health(
-    result: dict[str, Any], traces: LossTraces, thresholds: HealthThresholds | None
+    result: dict[str, Any],
+    traces: LossTraces,
+    thresholds: HealthThresholds | None,
+    evidence: Mapping[str, Any] | None = None,
 ) -> None:
     """Every chain-health rule (:func:`assess_traces`) next to the basic diagnostics.
 
@@ -67,7 +71,8 @@ def _add_health(
     ESS, distance, loss rise, trend share).
     """
     diag = traces.diagnostics
-    health = assess_traces(traces, thresholds=thresholds)  # d: traces.num_params
+    # d: traces.num_params; evidence: the calibration's curvature and step-halving check
+    health = assess_traces(traces, thresholds=thresholds, **(evidence or {}))
     result.update(
         healthy=bool(diag.is_healthy and health.is_healthy),
         diagnostics_healthy=bool(diag.is_healthy),
@@ -129,12 +134,14 @@ def run_checkpoint(
     settings: Any,
     thresholds: HealthThresholds | None = None,
     overwrite: bool = False,
+    evidence: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything measured at checkpoint ``label``, saved to (or read back from) ``path``.
 
     ``sampler`` is the one actually used (calibrated or as configured). ``settings`` supplies
     ``induction_half_len``, ``se_blocks_per_chain``, ``pair_query_seqs`` and ``pair_train_seqs``
-    (e.g. a ``StagewiseLMConfig``).
+    (e.g. a ``StagewiseLMConfig``). ``evidence``: what a calibration at this checkpoint
+    measured for the health check (:meth:`SharedCalibration.evidence_for`).
     """
     if path.exists() and not overwrite:
         log.info("checkpoint %s: result exists (%s); reusing it", label, path)
@@ -176,7 +183,7 @@ def run_checkpoint(
         summary=traces.diagnostics.summary(),
         chain=traces.diagnostics.to_metrics("chain/"),
     )
-    _add_health(result, traces, thresholds)
+    _add_health(result, traces, thresholds, evidence)
     result["seconds"] = time.perf_counter() - t0
     atomic_torch_save(result, path)
     log.info(

@@ -62,6 +62,13 @@ class SharedCalibration:
             f"(configured {self.original.step_size:g})"
         )
 
+    def evidence_for(self, label: str) -> dict[str, Any]:
+        """Health evidence (curvature, step-halving check) for the checkpoint it was measured
+        at; other checkpoints have other curvatures, so they get none."""
+        if label != self.checkpoint or self.report is None:
+            return {}
+        return self.report.health_evidence(self.sampler)
+
     def save(self, out_dir: Path, figures: Mapping[str, Any] | None = None) -> dict[str, float]:
         """Write the evidence (table, summary and ``figures``, drawn by the plots layer:
         :func:`bifrepro.plots.calibration.calibration_figures`) to ``out_dir``; return the

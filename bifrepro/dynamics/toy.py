@@ -117,9 +117,12 @@ def run_toy_protocol(
         strengths[torch.tensor(steps)], h.singular_values, h.mode_vectors, len(model.layers), scale
     )
     t0 = time.perf_counter()
+    # the calibration's curvature and bias check vouch for the checkpoint it ran at
+    evidence = {steps[-1]: report.health_evidence(sampler)} if report is not None else None
     bif = bif_over_checkpoints(
-        model, checkpoints, per_item_squared_error, h.dataset(), sampler, progress=progress
-    )
+        model, checkpoints, per_item_squared_error, h.dataset(), sampler, progress=progress,
+        evidence=evidence,
+    )  # fmt: skip
     return ToyRun(
         steps=steps,
         map_steps=train.map_steps,

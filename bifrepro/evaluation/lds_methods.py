@@ -77,12 +77,18 @@ def settings_key(settings: MethodConfig, problem: LDSProblem) -> str:
 
 
 def _run_method(
-    name: str, settings: MethodConfig, model: torch.nn.Module, problem: LDSProblem
+    name: str,
+    settings: MethodConfig,
+    model: torch.nn.Module,
+    problem: LDSProblem,
+    bif_evidence: dict[str, Any] | None = None,
 ) -> MethodRun:
     task = ClassificationTask("margin")
     if isinstance(settings, BIFMethodConfig):
         settings = dataclasses.replace(settings, on_unhealthy="warn", progress=problem.exp.progress)
     attributor = build_attributor(settings)
+    if bif_evidence and isinstance(settings, BIFMethodConfig):
+        attributor.health_evidence = dict(bif_evidence)  # type: ignore[attr-defined]
     attributor.fit(model, task, problem.data.train)
     scores = attributor.score(problem.data.queries)
     timings: AttributionTimings = attributor.timings
@@ -141,8 +147,12 @@ def attribute(
     model: torch.nn.Module,
     method_settings: dict[str, Any],
     methods: list[str] | None = None,
+    bif_evidence: dict[str, Any] | None = None,
 ) -> dict[str, MethodRun]:
     """Scores of every method at ``w*`` (query measurement ``-margin``), cached by settings.
+
+    ``bif_evidence``: the calibration's :meth:`~bifrepro.sampling.CalibrationReport.health_evidence`
+    for BIF's health check (it depends only on the calibrated sampler, part of the cache key).
 
     Raises:
         KeyError: ``method_settings`` has no entry for a method.
@@ -162,7 +172,7 @@ def attribute(
             run.cached = True
             log.info("%s: scores and timings from the cache %s", name, path)
         else:
-            run = _run_method(name, settings, model, problem)
+            run = _run_method(name, settings, model, problem, bif_evidence)
             fields = (f.name for f in dataclasses.fields(run) if f.name != "cached")
             atomic_torch_save({f: getattr(run, f) for f in fields}, path)
         out[name] = run

@@ -83,3 +83,24 @@ def test_divergence_fails_the_run() -> None:
             net, [healthy_state, healthy_state], per_item_squared_error, h.dataset(), cfg,
             progress=False,
         )  # fmt: skip
+
+
+def test_evidence_is_judged_at_its_checkpoint_only() -> None:
+    """A calibration's evidence (here a failed step-halving check) makes the checkpoint it was
+    measured at unhealthy; the other checkpoints are judged on their traces alone."""
+    from bifrepro.sampling.health import HealthCheck
+
+    h = make_hierarchy()
+    net = DeepLinearNetwork(
+        8, 15, hidden=8, init_scale=0.3, generator=torch.Generator().manual_seed(0)
+    )
+    states = [(s, net.state_dict()) for s in (10, 20)]
+    biased = HealthCheck("step_halving", 5.0, 3.0, False, "ε and ε/2 disagree (test)")
+    out = bif_over_checkpoints(
+        DeepLinearNetwork(8, 15, hidden=8), states, per_item_squared_error, h.dataset(), _cfg(),
+        progress=False, evidence={20: {"extra_checks": (biased,)}},
+    )  # fmt: skip
+    assert not out.healthy[1] and "step_halving" in out.summaries[1]
+    assert "step_halving" not in out.summaries[0]
+    assert out.chain_metrics[1]["health/step_halving_ok"] == 0.0
+    assert "health/step_halving_ok" not in out.chain_metrics[0]

@@ -42,3 +42,22 @@ def test_a_saved_calibration_is_read_back(tmp_path: Path) -> None:
     assert "calibrated at step20" in got.note and got.to_summary()["step_size"] == chosen.step_size
     assert got.save(tmp_path / "out") == {"calibration/healthy": 1.0}
     assert (tmp_path / "out" / "calibration.csv").read_text() == "step_size\n1\n"
+
+
+def test_evidence_only_for_the_calibrated_checkpoint(tmp_path: Path) -> None:
+    """The measured curvature holds where it was measured: other checkpoints get no evidence."""
+    from bifrepro.dynamics.sweep_calibration import SharedCalibration
+
+    class _Report:
+        def health_evidence(self, config):
+            return {"step_curvature": 0.25 * config.step_size / 1e-4, "extra_checks": ()}
+
+    sampler = SGLDConfig()
+    shared = SharedCalibration(
+        sampler=sampler, original=sampler, folder=tmp_path, checkpoint="step20",
+        summary="", metrics={}, report=_Report(),
+    )  # fmt: skip
+    assert shared.evidence_for("step20") == {"step_curvature": 0.25, "extra_checks": ()}
+    assert shared.evidence_for("step4") == {}
+    shared.report = None  # its pickle could not be read back: nothing to vouch with
+    assert shared.evidence_for("step20") == {}

@@ -152,6 +152,29 @@ def test_sampler_auto_calibrates_bif_and_records_the_evidence(tiny_lds, hydra_co
     assert np.isfinite(metrics["lds/bif_covariance/alpha_0.5"])
 
 
+def test_calibration_evidence_reaches_bifs_health_rules(tiny_lds, hydra_compose, monkeypatch):
+    """What only the calibration can measure (here a failed step-halving check) is judged with
+    BIF's chains: the run's verdict names it."""
+    from bifrepro.sampling import CalibrationReport
+    from bifrepro.sampling.health import HealthCheck
+
+    biased = HealthCheck("step_halving", 5.0, 3.0, False, "ε and ε/2 disagree (test)")
+    monkeypatch.setattr(
+        CalibrationReport, "health_evidence", lambda self, config=None: {"extra_checks": (biased,)}
+    )
+    results, _ = tiny_lds
+    out = results / "auto_evidence"
+    metrics = lds_exp.run(
+        _cfg(
+            hydra_compose, results, None, "sampler=auto", "experiment.methods=[bif]",
+            f"experiment.output_dir={out}", "experiment.reuse_scores=false", *FAST_CALIBRATION,
+        )
+    )  # fmt: skip
+    assert [v for k, v in metrics.items() if k.endswith("step_halving_ok")] == [0.0]
+    chains = json.loads((out / "metrics.json").read_text())["bif_chains"]
+    assert "step_halving" in chains["bif"]
+
+
 def test_diverged_sampler_fails_the_run_and_keeps_the_results(
     tiny_lds, hydra_compose, mlflow_uri, search_runs
 ) -> None:

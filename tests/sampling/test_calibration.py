@@ -285,13 +285,16 @@ def test_hydra_sampler_auto_turns_calibration_on():
         auto = compose("config", overrides=["sampler=auto", "calibration.grid_min=1e-6"])
         rms = compose("config", overrides=["sampler=rmsprop_sgld", "calibration=auto"])
         frozen = compose("config", overrides=["sampler=rmsprop_frozen_sgld"])
+        plain = compose("config", overrides=["sampler=sgld", "calibration=auto"])
     assert not CalibrationConfig.from_mapping(
         OmegaConf.to_container(off.calibration, resolve=True)
     ).enabled
     cal = CalibrationConfig.from_mapping(OmegaConf.to_container(auto.calibration, resolve=True))
     assert cal.enabled and cal.grid_min == 1e-6
-    # sampler=auto is plain SGLD with the experiment's own settings (the toy's nβ = 100).
-    assert auto.sampler.preconditioner == "none" and auto.sampler.nbeta == off.sampler.nbeta
+    # sampler=auto is frozen RMSProp-SGLD (the bench's choice) with the experiment's own settings.
+    assert auto.sampler.preconditioner == "rmsprop_frozen"
+    assert auto.sampler.nbeta == off.sampler.nbeta
+    assert plain.sampler.preconditioner == "none" and plain.calibration.enabled
     assert rms.sampler.preconditioner == "rmsprop" and rms.calibration.enabled
     assert frozen.sampler.preconditioner == "rmsprop_frozen"
     assert frozen.sampler.step_size == rms.sampler.step_size
