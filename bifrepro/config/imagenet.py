@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bifrepro.config import ConfigError
+from bifrepro.data.fashion_mnist_data import FashionMNISTDataConfig
 from bifrepro.data.imagenet import (
     IMAGENET_ROOT_ENV,
     ImageNetDataConfig,
@@ -142,7 +143,7 @@ def choose_imagenet_path(cfg: DictConfig) -> tuple[DictConfig, bool]:
         raise ConfigError("experiment: expected the imagenet schema (experiment=imagenet)")
     data_type = OmegaConf.get_type(cfg.data)
     model_type = OmegaConf.get_type(cfg.model)
-    if data_type is StandinDataConfig:
+    if data_type in (StandinDataConfig, FashionMNISTDataConfig):
         if model_type is not SmallCNNConfig:
             raise ConfigError("model: the stand-in data (data=mnist5k) needs model=small_cnn")
         return cfg, True

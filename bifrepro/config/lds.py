@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from bifrepro.config import ConfigError, ValidatedConfig, method_settings
+from bifrepro.data.fashion_mnist_data import FashionMNISTDataConfig
 from bifrepro.data.images import EMBEDDED_IMAGE_DATASETS, ImageFolderError
 from bifrepro.data.lds import LDSData, embedded_lds_data, folder_lds_data
 from bifrepro.evaluation.lds import subset_size
@@ -216,10 +217,12 @@ def checked_lds_config(vc: ValidatedConfig) -> LDSConfig:
     exp = vc.experiment
     if not isinstance(exp, LDSConfig):
         raise ConfigError("experiment: expected the lds schema (experiment=lds)")
-    if not isinstance(vc.data, EmbeddedImagesConfig | ImageFolderDataConfig):
+    if not isinstance(
+        vc.data, EmbeddedImagesConfig | ImageFolderDataConfig | FashionMNISTDataConfig
+    ):
         raise ConfigError(
             f"data: {type(vc.data).__name__} is not supported by the LDS experiment "
-            "(use data=mnist5k or data=cifar10_folder)"
+            "(use data=mnist5k, data=fashion_mnist or data=cifar10_folder)"
         )
     if not isinstance(vc.model, SmallCNNConfig | ResNet9Config):
         raise ConfigError(

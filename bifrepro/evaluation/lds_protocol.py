@@ -97,6 +97,15 @@ def model_spec(model: SmallCNNConfig | ResNet9Config, data: LDSData) -> ModelSpe
     raise TypeError(f"the LDS protocol has no model {type(model).__name__} (SmallCNN, ResNet-9)")
 
 
+def _data_key(data: LDSData, data_cfg: Any, n: int) -> dict[str, Any]:
+    """What names the data in the retraining cache; ``loaded`` only when the data that ran is not
+    the configured one (a fallback), so every existing cache key stays as it was."""
+    key: dict[str, Any] = {"config": dataclasses.asdict(data_cfg), "n": n, "q": len(data.queries)}
+    if data.name != getattr(data_cfg, "name", data.name):
+        key["loaded"] = data.name
+    return key
+
+
 def prepare(
     exp: LDSSettings,
     data: LDSData,
@@ -122,9 +131,7 @@ def prepare(
         equal_steps=exp.equal_steps,
         init=exp.init,
         device=str(device),
-        data_key=json.dumps(
-            {"config": dataclasses.asdict(data_cfg), "n": n, "q": len(data.queries)}, sort_keys=True
-        ),
+        data_key=json.dumps(_data_key(data, data_cfg, n), sort_keys=True),
     )
     cache_root = (
         Path(exp.cache_dir).expanduser().resolve()
