@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bifrepro.evaluation.ranking import ranking_text
+
 __all__ = [
     "BLOCKS",
     "ReportError",
@@ -59,6 +61,34 @@ def _verdict(row: pd.Series) -> str:
     verdict = str(row.get("verdict", "n/a"))
     failed = row.get("failed_rules")
     return verdict if verdict == "healthy" or pd.isna(failed) else f"{verdict} ({failed})"
+
+
+#: The preconditioner of ``conf/sampler/auto.yaml`` (tests/test_report.py checks they agree).
+_AUTO_PRECONDITIONER = "rmsprop_frozen"
+_PRECONDITIONER_NAMES = {
+    "none": "plain SGLD",
+    "rmsprop": "adaptive RMSProp-SGLD",
+    "rmsprop_frozen": "frozen RMSProp-SGLD",
+}
+
+
+def _calibration_line(calibration: pd.DataFrame) -> str:
+    """How often the calibration found a healthy step per sampler: the bench's case for the
+    sampler that ``sampler=auto`` uses."""
+    problems = calibration["problem"].nunique()
+    parts, healthy = [], {}
+    for pre, g in calibration.groupby("preconditioner", sort=False):
+        ok = sorted(g.loc[g["calibration_healthy"].astype(bool), "problem"])
+        healthy[pre] = len(ok)
+        where = f" ({', '.join(ok)})" if 0 < len(ok) < problems else ""
+        parts.append(f"{_PRECONDITIONER_NAMES.get(pre, pre)} on {len(ok)} of {problems}{where}")
+    best = healthy.get(_AUTO_PRECONDITIONER, -1) >= max(healthy.values())
+    why = "the sampler healthy most often" if best else "NOT the sampler healthy most often here"
+    return (
+        "The calibration (`calibrate()`, pilots only) found a healthy step for "
+        + "; ".join(parts)
+        + f". `sampler=auto` calibrates {_PRECONDITIONER_NAMES[_AUTO_PRECONDITIONER]} ({why})."
+    )
 
 
 def accuracy_block(results_dir: Path) -> str:
@@ -120,6 +150,7 @@ def accuracy_block(results_dir: Path) -> str:
     if len(wrong):
         names = ", ".join(f"`{t}/{s}`" for t, s in zip(wrong.task, wrong.setting, strict=True))
         lines += ["", f"Healthy but not accurate: {names}."]
+    lines += ["", _calibration_line(_read_csv(folder / "calibration.csv"))]
     lines += ["", "All settings: `results/accuracy/summary.csv`; figure: "
               "`results/accuracy/accuracy_vs_time.png`."]  # fmt: skip
     return "\n".join(lines)
@@ -159,6 +190,11 @@ def lds_block(results_dir: Path) -> str:
             ci = _ci(r["lds_difference"], r["ci_low"], r["ci_high"], signed=True)
             parts.append(f"α = {r['alpha']:g}: {ci}{' (resolved)' if resolved else ''}")
         lines.append(f"- {method} − EK-FAC: " + "; ".join(parts))
+    ranking = _read_csv(folder / "lds_ranking.csv")
+    lines += ["", "Ranking at each α (`>`: the paired 95% CI of the step excludes 0; `≈`: not "
+              "resolved at this number of queries):", ""]  # fmt: skip
+    for alpha, g in ranking.groupby("alpha", sort=True):
+        lines.append(f"- α = {alpha:g}: {ranking_text(g)}")
     return "\n".join(lines)
 
 
@@ -194,6 +230,11 @@ def vision_block(results_dir: Path) -> str:
         lines.append(_row([_GALLERY_NAMES[method], *cells, _num(seconds, 1)]))
     lines += ["", f"{n_queries} queries; chance {_num(chance)}; brackets: 95% bootstrap CIs over "
               "queries; times from the same run (`metrics.json`)."]  # fmt: skip
+    ranking = _read_csv(folder / "label_agreement_ranking.csv")
+    names = ranking.assign(method=ranking["method"].map(lambda m: _GALLERY_NAMES.get(m, m)))
+    lines += ["", "Ranking (`>`: paired 95% CI over queries excludes 0; `≈`: not resolved):", ""]
+    for k, g in names.groupby("k", sort=True):
+        lines.append(f"- agreement@{k}: {ranking_text(g)}")
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ from bifrepro.config.imagenet import (
 from bifrepro.evaluation.agreement import agreement_table, overlap_table
 from bifrepro.evaluation.gallery import (
     MethodResult,
+    agreement_ranking,
     dataset_title,
     ekfac_note,
     load_gallery_inputs,
@@ -200,6 +201,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "topk_overlap.csv": overlaps.assign(dataset=dataset),
             "per_query.csv": per_query_table(pool, results, ks, exp.gallery_k),
         }
+        # which steps of the method ranking the queries resolve (paired bootstrap)
+        tables["label_agreement_ranking.csv"] = agreement_ranking(
+            tables["per_query.csv"], list(results), ks, exp.confidence, exp.n_boot, vc.seed
+        )
         metrics["wall_seconds"] = time.perf_counter() - t_start
         summary = {
             "dataset": dataset,

@@ -62,6 +62,7 @@ from bifrepro.evaluation.lds_tables import (
     evaluate,
     paired_differences,
 )
+from bifrepro.evaluation.ranking import resolved_ranking
 from bifrepro.io import (
     atomic_save_figure,
     atomic_write_csv,
@@ -168,6 +169,10 @@ def _attribute_and_evaluate(
     paired = paired_differences(results, "ekfac", exp.num_bootstrap, exp.confidence, exp.mask_seed)
     metrics.update(_summary_metrics(table, paired, runs, actual))
     tables = {"lds.csv": table, "lds_per_query.csv": per_query, "costs.csv": costs_table(runs)}
+    tables["lds_ranking.csv"] = resolved_ranking(  # which steps of the ranking are resolved
+        per_query, method="method", value="lds", unit="query", by=["alpha"],
+        num_bootstrap=exp.num_bootstrap, confidence=exp.confidence, seed=exp.mask_seed,
+    )  # fmt: skip
     if not paired.empty:
         tables["lds_paired_vs_ekfac.csv"] = paired
     sampler = None

@@ -111,8 +111,24 @@ def test_lds_block_marks_only_differences_whose_ci_excludes_zero(tmp_path: Path)
             },
         ]  # fmt: skip
     ).to_csv(folder / "lds_paired_vs_ekfac.csv", index=False)
+    ranking = {"alpha": 0.05, "next_method": "", "difference": 0.16, "ci_low": 0.1, "ci_high": 0.2}
+    pd.DataFrame(
+        [
+            {**ranking, "rank": 1, "method": "BIF (corr)", "resolved": True},
+            {**ranking, "rank": 2, "method": "GradSim", "resolved": False},
+            {**ranking, "rank": 3, "method": "EK-FAC", "resolved": False},
+        ]
+    ).to_csv(folder / "lds_ranking.csv", index=False)
     text = lds_block(tmp_path)
+    assert "- α = 0.05: BIF (corr) > GradSim ≈ EK-FAC" in text
     assert "| 0.05 | 0.45 [0.41, 0.49] | 0.29 [0.24, 0.34] |" in text
     assert "α = 0.05: +0.16 [0.10, 0.23] (resolved)" in text
     assert "α = 0.1: +0.04 [-0.01, 0.09];" not in text  # last entry: no separator
     assert "α = 0.1: +0.04 [-0.01, 0.09]" in text and text.count("(resolved)") == 1
+
+
+def test_the_reported_auto_sampler_is_the_configured_one(hydra_compose) -> None:
+    """The README's sentence about `sampler=auto` names the preconditioner the config uses."""
+    from bifrepro.report import _AUTO_PRECONDITIONER
+
+    assert hydra_compose(["sampler=auto"]).sampler.preconditioner == _AUTO_PRECONDITIONER

@@ -24,8 +24,10 @@ import torch
 from bifrepro.attribution.base import ClassificationTask
 from bifrepro.attribution.bif_pipeline import run_bif
 from bifrepro.attribution.registry import build_attributor
+from bifrepro.data.fashion_mnist_data import FashionMNISTDataConfig
 from bifrepro.data.imagenet import InfluencePool, load_imagenet_pool, load_standin_pool
 from bifrepro.evaluation.agreement import label_agreement, topk_indices
+from bifrepro.evaluation.ranking import resolved_ranking
 from bifrepro.models.vision import build_googlenet, describe_model, trained_small_cnn
 from bifrepro.sampling import (
     RunHealth,
@@ -42,6 +44,7 @@ __all__ = [
     "ekfac_note",
     "load_gallery_inputs",
     "per_query_table",
+    "agreement_ranking",
     "run_attributor",
     "run_gallery_bif",
     "summary_metrics",
@@ -52,7 +55,11 @@ log = logging.getLogger(__name__)
 
 #: Display names of the methods (and keys of the house colours).
 DISPLAY_NAMES = {"bif": "BIF", "ekfac": "EK-FAC", "trak": "TRAK", "gradsim": "GradSim"}
-_STANDIN_NAMES = {"mnist5k": "MNIST-5k", "digits": "sklearn digits"}
+_STANDIN_NAMES = {
+    "mnist5k": "MNIST-5k",
+    "digits": "sklearn digits",
+    "fashion_mnist": "Fashion-MNIST",
+}
 
 
 @dataclass
@@ -84,7 +91,10 @@ def load_gallery_inputs(
     ``weights`` (the already read ``model.weights_path``), the torchvision enum, or random.
     """
     if standin:
-        pool = load_standin_pool(data_cfg, seed, device=device)
+        if isinstance(data_cfg, FashionMNISTDataConfig):
+            pool = data_cfg.load_pool(seed, device=device)
+        else:
+            pool = load_standin_pool(data_cfg, seed, device=device)
         data = pool.info["image_data"]
         model, info = trained_small_cnn(
             model_cfg, data.train, data.num_classes, seed, cache_dir=cache_dir,
@@ -222,6 +232,30 @@ def per_query_table(
         ]
         rows.update(r.per_query)
     return pd.DataFrame(rows)
+
+
+def agreement_ranking(
+    per_query: pd.DataFrame,
+    methods: list[str],
+    ks: list[int],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Methods ranked by top-k label agreement at every k, each step resolved or not by a paired
+    bootstrap over the queries (:func:`bifrepro.evaluation.ranking.resolved_ranking`)."""
+    long = pd.DataFrame(
+        [
+            {"k": k, "method": m, "query": q, "agreement": v}
+            for m in methods
+            for k in ks
+            for q, v in enumerate(per_query[f"{m}_agreement_top{k}"])
+        ]
+    )
+    return resolved_ranking(
+        long, method="method", value="agreement", unit="query", by=["k"],
+        num_bootstrap=n_boot, confidence=confidence, seed=seed,
+    )  # fmt: skip
 
 
 def summary_metrics(

@@ -291,6 +291,8 @@ def test_hydra_sampler_auto_turns_calibration_on():
     ).enabled
     cal = CalibrationConfig.from_mapping(OmegaConf.to_container(auto.calibration, resolve=True))
     assert cal.enabled and cal.grid_min == 1e-6
+    # ... and sizes the run for the health check's precision rule
+    assert cal.target_resolved == cal.thresholds.min_resolved_share and cal.max_draws >= 1000
     # sampler=auto is frozen RMSProp-SGLD (the bench's choice) with the experiment's own settings.
     assert auto.sampler.preconditioner == "rmsprop_frozen"
     assert auto.sampler.nbeta == off.sampler.nbeta
