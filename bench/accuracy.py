@@ -22,7 +22,9 @@ and the localization is centred at θ*, so the posterior's mode sits near θ* + 
 that bias is part of BIF as configured here, and the bench measures it with the rest.
 
 Settings (per task): plain SGLD, RMSProp-SGLD and RMSProp-SGLD with the preconditioner frozen
-after burn-in (``rmsprop_frozen``) at the step size ``calibrate()`` picks, at
+after burn-in (``rmsprop_frozen``) at the step size ``calibrate()`` picks, SGHMC (momentum,
+``integrator="sghmc"``, friction 0.1) at the calibrated step of plain SGLD and of frozen
+RMSProp-SGLD (same step units; SGHMC is at least as stable at a given step), at
 deliberately too large and too small steps, with too few draws, and with fewer, longer chains;
 three sampler seeds each. Per run: Spearman and Pearson (mean over query rows) of BIF
 (covariance and correlation) against the truth, seed-to-seed agreement, sampling wall time,
@@ -422,6 +424,9 @@ class Setting:
     step_factor: float = 1.0
     draws_factor: float = 1.0
     chains: int | None = None
+    #: "sgld" or "sghmc" (momentum; at the step its preconditioner's SGLD calibration picks).
+    integrator: str = "sgld"
+    friction: float = 0.1
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -439,8 +444,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("frz_cal", "frozen RMSProp-SGLD, calibrated ε", "rmsprop_frozen"),
     Setting("frz_x4", "frozen RMSProp-SGLD, 4× calibrated ε (too large)", "rmsprop_frozen", 4.0),
     Setting("frz_div30", "frozen RMSProp-SGLD, calibrated ε / 30", "rmsprop_frozen", 1 / 30),
+    # SGHMC (momentum, friction 0.1) at the SGLD-calibrated step of its preconditioner
+    Setting(
+        "hmc_cal",
+        "frozen RMSProp-SGHMC, calibrated ε",
+        "rmsprop_frozen",
+        integrator="sghmc",
+    ),
+    Setting("hmc_sgld_cal", "SGHMC, calibrated ε (plain SGLD's)", "none", integrator="sghmc"),
 )
-QUICK_SETTINGS = ("sgld_cal", "sgld_x4", "sgld_cal_few", "rms_cal", "frz_cal")
+QUICK_SETTINGS = (
+    "sgld_cal",
+    "sgld_x4",
+    "sgld_cal_few",
+    "rms_cal",
+    "frz_cal",
+    "hmc_cal",
+    "hmc_sgld_cal",
+)
 
 
 @dataclass
@@ -642,6 +663,8 @@ def run_problem(
         for seed in bench.seeds:
             config = base.replace(
                 preconditioner=setting.preconditioner,
+                integrator=setting.integrator,
+                friction=setting.friction,
                 step_size=steps[setting.preconditioner] * setting.step_factor,
                 num_chains=chains,
                 num_draws=draws,
@@ -658,6 +681,7 @@ def run_problem(
                         "setting": setting.name,
                         "description": setting.description,
                         "preconditioner": setting.preconditioner,
+                        "integrator": setting.integrator,
                         "step_size": config.step_size,
                         "chains": chains,
                         "draws": draws,
@@ -705,6 +729,7 @@ def summarise(runs: pd.DataFrame, bench: BenchConfig) -> pd.DataFrame:
             "setting": setting,
             "description": g["description"].iloc[0],
             "preconditioner": g["preconditioner"].iloc[0],
+            "integrator": g["integrator"].iloc[0],
             "step_size": g["step_size"].iloc[0],
             "chains": g["chains"].iloc[0],
             "draws": g["draws"].iloc[0],
@@ -779,7 +804,8 @@ def _setting_colors() -> dict[str, Any]:
     blues = matplotlib.colormaps["winter"](np.linspace(0.0, 0.9, 6))
     reds = matplotlib.colormaps["autumn"](np.linspace(0.0, 0.75, 4))
     greens = matplotlib.colormaps["summer"](np.linspace(0.0, 0.6, 3))
-    palette = [*blues, *reds, *greens]
+    purples = matplotlib.colormaps["Purples"](np.linspace(0.6, 0.9, 2))
+    palette = [*blues, *reds, *greens, *purples]
     return {s.name: palette[i] for i, s in enumerate(SETTINGS)}
 
 
@@ -787,7 +813,7 @@ def plot_accuracy_vs_time(summary: pd.DataFrame, bench: BenchConfig) -> Any:
     """Mean Spearman (cov) vs mean sampling time per setting, one panel per task."""
     tasks = list(dict.fromkeys(summary["task"]))
     colors = _setting_colors()
-    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osD", strict=True))
+    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osDXX", strict=True))
     ncols = 3
     nrows = math.ceil((len(tasks) + 1) / ncols)
     with house_style():

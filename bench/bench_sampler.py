@@ -12,8 +12,13 @@ with chains one after another (``"off"``), for the small CNN, the small transfor
 parameter MLP: chain-draws/s of each, their ratio, and the peak extra memory of a run (peak RSS in a
 fresh process on CPU, polled, ``torch.cuda.max_memory_allocated`` on CUDA) against C x the sequential run's.
 
+Finally (``--only options``) it prints three speed ratios of sampler options, measured in the same
+run: SGHMC vs SGLD (effective samples per second along the flattest posterior direction of a
+linear-Gaussian problem, same step size), bfloat16 vs float32 observable forwards (small CNN), and
+``torch.inference_mode`` vs ``torch.no_grad`` for those forwards.
+
     python bench/bench_sampler.py [--draws 30] [--repeats 3] [--chains 4] [--device cpu|cuda]
-        [--only overhead|batched]
+        [--only overhead|batched|options]
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bifrepro.sampling import ChainDriftWarning, SGLDConfig, sample_loss_traces
+from bifrepro.sampling import (
+    ChainDriftWarning,
+    SGLDConfig,
+    effective_sample_size,
+    sample_loss_traces,
+)
+from bifrepro.sampling.chain_common import observable_forward
 
 
 def small_cnn() -> torch.nn.Module:
@@ -374,13 +385,110 @@ def overhead_benchmark(args: argparse.Namespace) -> float:
     return worst
 
 
+def _slow_direction_ess_per_second(config: SGLDConfig, device: str) -> tuple[float, float]:
+    """ESS/s and ESS/draw, along the flattest posterior direction, of linear-Gaussian chains.
+
+    Linear regression (d = 20, condition number of XᵀX ~ 100, float64, full batch) sampled by
+    ``sample_loss_traces``; the recorded observable is each chain's weight projected on the
+    flattest eigenvector of the posterior precision (a one-item "loss" that reads the weights).
+    """
+    gen = torch.Generator().manual_seed(0)
+    n, d = 200, 20
+    scales = torch.logspace(0, 1, d, dtype=torch.float64)  # column scales 1..10: cond ~ 100
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64) * scales
+    y = x @ torch.randn(d, generator=gen, dtype=torch.float64) + torch.randn(
+        n, generator=gen, dtype=torch.float64
+    )
+    w_star = torch.linalg.lstsq(x, y[:, None]).solution.squeeze(1)
+    model = torch.nn.Linear(d, 1, bias=False).double().to(device)
+    with torch.no_grad():
+        model.weight.copy_(w_star[None])
+    precision = config.nbeta / n * x.T @ x + config.localization * torch.eye(d, dtype=torch.float64)
+    slow = torch.linalg.eigh(precision).eigenvectors[:, 0].to(device)
+    # ε at a "calibrated" curvature ε·λ_max = 0.5
+    eps = 0.5 / float(torch.linalg.eigvalsh(precision)[-1])
+    config = config.replace(step_size=eps, batch_size=n)
+    train = TensorDataset(x.to(device), y.to(device))
+    probe = TensorDataset(torch.zeros(1, 1, device=device, dtype=torch.float64))
+
+    def mse(model, batch):
+        xb, yb = batch
+        return 0.5 * (yb - model(xb).squeeze(-1)) ** 2
+
+    def projection(model, batch):
+        (z,) = batch
+        return (model.weight.squeeze(0) @ slow).expand(len(z)) + z.squeeze(-1)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ChainDriftWarning)
+        traces = sample_loss_traces(
+            model, mse, train, {"slow": (probe, projection)}, config, progress=False
+        )
+    seconds = time.perf_counter() - start
+    ess = float(effective_sample_size(traces["slow"][..., 0].double()))
+    return ess / seconds, ess / (config.num_chains * config.num_draws)
+
+
+def _observable_seconds(model, loss_fn, observed, batch_size: int, ctx, repeats: int) -> float:
+    """Median seconds of one forward pass over ``observed`` in context ``ctx()``."""
+    batches = list(DataLoader(observed, batch_size=batch_size))
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        with ctx():
+            for b in batches:
+                loss_fn(model, b).float().sum().item()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def options_benchmark(args: argparse.Namespace) -> None:
+    """Speed ratios of sampler options (> 1: the first is faster)."""
+    draws = max(200, 20 * args.draws)
+    base = SGLDConfig(
+        nbeta=200.0, localization=1.0, num_chains=4, num_draws=draws, burn_in=100, seed=0
+    )
+    sgld = _slow_direction_ess_per_second(base, args.device)
+    hmc = _slow_direction_ess_per_second(
+        base.replace(integrator="sghmc", friction=0.1), args.device
+    )
+    print(
+        f"SGHMC (friction 0.1) vs SGLD, linear-Gaussian slowest direction: ESS/s ratio "
+        f"{hmc[0] / sgld[0]:5.2f}x (ESS/draw SGHMC {hmc[1]:.3f}, SGLD {sgld[1]:.3f}; "
+        f"{4 * draws} draws each)"
+    )
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = small_cnn().to(device).eval()
+    observed = TensorDataset(
+        torch.randn(2048, 1, 28, 28, device=device), torch.randint(0, 10, (2048,), device=device)
+    )
+    reps = max(3, args.repeats)
+    fp32 = _observable_seconds(
+        model, cnn_loss, observed, 256, lambda: observable_forward(device), reps
+    )
+    bf16 = _observable_seconds(
+        model, cnn_loss, observed, 256, lambda: observable_forward(device, "bfloat16"), reps
+    )
+    no_grad = _observable_seconds(model, cnn_loss, observed, 256, torch.no_grad, reps)
+    print(
+        f"bf16 vs fp32 observable forwards (small CNN, 2048 items): time ratio fp32/bf16 "
+        f"{fp32 / bf16:5.2f}x ({fp32 * 1e3:.0f} ms vs {bf16 * 1e3:.0f} ms)"
+    )
+    print(
+        f"inference_mode vs no_grad observable forwards: time ratio no_grad/inference_mode "
+        f"{no_grad / fp32:5.2f}x ({no_grad * 1e3:.0f} ms vs {fp32 * 1e3:.0f} ms)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=("overhead", "batched"), default=None)
+    parser.add_argument("--only", choices=("overhead", "batched", "options"), default=None)
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -388,16 +496,19 @@ def main() -> None:
         _memory_child(name, mode, int(chains), int(draws))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    if args.only != "batched":
+    if args.only in (None, "overhead"):
         print("-- sampler overhead vs a bare loop (one chain; target ratio <= 1.10)")
         overhead_benchmark(args)
-    if args.only != "overhead":
+    if args.only in (None, "batched"):
         print(
             f"-- chains in one batch vs one after another ({args.chains} chains; ratio > 1: faster)"
         )
         bench_batched("cnn", args.chains, args.draws, args.repeats, args.device)
         bench_batched("lm", args.chains, max(8, args.draws // 2), args.repeats, args.device)
         bench_batched("mlp10m", args.chains, max(4, args.draws // 6), 1, args.device)
+    if args.only in (None, "options"):
+        print("-- sampler options (ratio > 1: the option is faster)")
+        options_benchmark(args)
 
 
 if __name__ == "__main__":

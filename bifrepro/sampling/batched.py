@@ -8,7 +8,8 @@ medium models do C draws for much less than C times the cost.
 
 Randomness is per chain and is exactly the sequential path's: chain c draws its minibatch indices
 from its own generator (seed stream 1) and its Gaussian noise from its own generator (stream 0), in
-the same order. The SGLD update is elementwise, so it is the same arithmetic; only the vmapped
+the same order. The SGLD / SGHMC update is elementwise (the momentum is stacked like the weights),
+so it is the same arithmetic; only the vmapped
 forward/backward rounds differently (batched kernels), so traces are statistically equivalent to,
 not bit-identical with, sequential ones (``chain_batching`` is part of the store fingerprint).
 
@@ -32,7 +33,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from bifrepro.data.batches import EvalBatches, MinibatchStream, batch_size_of
-from bifrepro.sampling.chain_common import chain_seed, check_divergence, check_loss_shape
+from bifrepro.sampling.chain_common import (
+    chain_seed,
+    check_divergence,
+    check_loss_shape,
+    observable_forward,
+)
 from bifrepro.sampling.sgld import SGLDState, adapts_preconditioner, sgld_update_with_noise
 from bifrepro.sgld_config import SGLDConfig
 from bifrepro.traces import TraceStore
@@ -196,10 +202,21 @@ class BatchedChains:
         )
         return [g[n] for n in self.names], loss.detach()
 
-    def losses(self, name: str, stacked: list[torch.Tensor], batch: Any) -> torch.Tensor:
-        """Per-chain losses ``[C, B(, T)]`` of observable ``name`` on one evaluation batch."""
+    def losses(
+        self,
+        name: str,
+        stacked: list[torch.Tensor],
+        batch: Any,
+        observable_dtype: str | None = None,
+    ) -> torch.Tensor:
+        """Per-chain losses ``[C, B(, T)]`` of observable ``name`` on one evaluation batch.
+
+        No autograd; in bfloat16 under autocast with ``observable_dtype="bfloat16"`` (default:
+        the config's).
+        """
         module = self.obs_modules[name]
-        with torch.inference_mode():
+        dtype = observable_dtype or self.config.observable_dtype
+        with observable_forward(self.device, dtype):
             return vmap(lambda p: functional_call(module, p, (batch,)))(
                 dict(zip(self.names, stacked, strict=True))
             )
@@ -242,7 +259,8 @@ class BatchedChains:
                 return "vmapped gradients have unexpected shapes"
             for name, batches in eval_sets.items():
                 batch = next(iter(batches))
-                vmapped = self.losses(name, stacked, batch).float()
+                # float32 whatever observable_dtype: this checks that the weights are used
+                vmapped = self.losses(name, stacked, batch, "float32").float()
                 for k in sorted({0, c - 1}):
                     with torch.no_grad():
                         for p, s in zip(params, stacked, strict=True):
@@ -399,6 +417,8 @@ class BatchedChains:
                     s[c].copy_(ck["params"][i])
                     if state.square_avg:
                         state.square_avg[i][c].copy_(ck["square_avg"][i])
+                    if state.momentum:
+                        state.momentum[i][c].copy_(ck["momentum"][i])
         for c, ck in enumerate(ckpts):
             noise_gens[c].set_state(ck["noise_rng"])
             streams[c].load_state_dict(ck["stream"])
@@ -425,14 +445,14 @@ class BatchedChains:
         store.write_manifest(manifest)
         for c in writing:
             if done[c] % self.config.checkpoint_every == 0 and done[c] < self.config.num_draws:
-                store.save_checkpoint(
-                    c,
-                    {
-                        "draw": done[c],
-                        "step": step,
-                        "params": [s[c].detach().cpu().clone() for s in stacked],
-                        "square_avg": [v[c].detach().cpu().clone() for v in state.square_avg],
-                        "noise_rng": noise_gens[c].get_state(),
-                        "stream": streams[c].state_dict(),
-                    },
-                )
+                ckpt = {
+                    "draw": done[c],
+                    "step": step,
+                    "params": [s[c].detach().cpu().clone() for s in stacked],
+                    "square_avg": [v[c].detach().cpu().clone() for v in state.square_avg],
+                    "noise_rng": noise_gens[c].get_state(),
+                    "stream": streams[c].state_dict(),
+                }
+                if self.config.has_momentum:
+                    ckpt["momentum"] = [v[c].detach().cpu().clone() for v in state.momentum]
+                store.save_checkpoint(c, ckpt)

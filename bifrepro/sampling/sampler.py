@@ -1,7 +1,8 @@
 """``sample_loss_traces``: SGLD chains around w*, recording every observed item's loss per draw.
 
 Cost model: per kept draw, ``thinning`` SGLD steps (forward + backward on one minibatch) plus one
-no-grad forward pass over every observed item. Chains run one after another, or (``chain_batching``,
+no-grad forward pass over every observed item (under ``torch.inference_mode``, in bfloat16 with
+``observable_dtype="bfloat16"``, see :func:`~bifrepro.sampling.chain_common.observable_forward`). Chains run one after another, or (``chain_batching``,
 see :mod:`bifrepro.sampling.batched`) all together as one vmapped computation. Observed data are collated once and kept on the
 model's device; losses are written straight into the preallocated (or memory-mapped) traces.
 
@@ -33,7 +34,7 @@ from bifrepro.fingerprint import callable_fingerprint, dataset_fingerprint, mode
 from bifrepro.sampling.batched import BatchedChains, ChainBatchingError
 from bifrepro.sampling.chain_common import chain_seed as _chain_seed
 from bifrepro.sampling.chain_common import check_divergence as _check_divergence
-from bifrepro.sampling.chain_common import check_loss_shape
+from bifrepro.sampling.chain_common import check_loss_shape, observable_forward
 from bifrepro.sampling.diagnostics import SamplerDivergedError
 from bifrepro.sampling.parameters import sampled_parameters
 from bifrepro.sampling.sgld import SGLDState, adapts_preconditioner, sgld_update
@@ -50,11 +51,19 @@ Observable = Dataset | tuple[Dataset, LossFn]
 
 
 def _evaluate_into(
-    model: torch.nn.Module, fn: LossFn, batches: EvalBatches, out: torch.Tensor, name: str
+    model: torch.nn.Module,
+    fn: LossFn,
+    batches: EvalBatches,
+    out: torch.Tensor,
+    name: str,
+    observable_dtype: str = "float32",
 ) -> None:
-    """Write every item's loss into ``out`` (``[n(, T)]``), batch by batch, without autograd."""
+    """Write every item's loss into ``out`` (``[n(, T)]``), batch by batch, without autograd.
+
+    ``observable_dtype="bfloat16"`` runs the forwards under autocast; ``out`` keeps its dtype.
+    """
     start = 0
-    with torch.inference_mode():
+    with observable_forward(out.device, observable_dtype):
         for batch in batches:
             losses = fn(model, batch)
             b = batch_size_of(batch)
@@ -183,6 +192,8 @@ def sample_loss_traces(
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True) to sample")
     device = params[0].device
+    with observable_forward(device, config.observable_dtype):
+        pass  # an unsupported device for bfloat16 observables fails here, before any sampling
     w_star = [p.detach().clone() for p in params]
 
     eval_sets = {
@@ -418,6 +429,8 @@ def _run_chain(chain: int, run: _Chains) -> None:
             for p, saved in zip(params, ckpt["params"], strict=True):
                 p.copy_(saved)
         state.square_avg = [v.to(device) for v in ckpt["square_avg"]]
+        if config.has_momentum:
+            state.momentum = [v.to(device) for v in ckpt["momentum"]]
         noise_gen.set_state(ckpt["noise_rng"])
         stream.load_state_dict(ckpt["stream"])
         start_step = ckpt["step"]
@@ -456,7 +469,9 @@ def _run_chain(chain: int, run: _Chains) -> None:
                 mean_step_loss, float("inf"), config, chain, draw, "SGLD minibatch loss"
             )
             for name, (_, fn) in run.obs.items():
-                _evaluate_into(work, fn, run.eval_sets[name], run.scratch[name], name)
+                _evaluate_into(
+                    work, fn, run.eval_sets[name], run.scratch[name], name, config.observable_dtype
+                )
                 mean = float(run.scratch[name].double().mean())
                 _check_divergence(
                     mean, run.limits[name], config, chain, draw, f"mean loss of {name!r}"
@@ -488,6 +503,8 @@ def _commit(
 ) -> None:
     """Mark ``done`` draws of ``chain`` complete; checkpoint the chain state periodically.
 
+    The checkpoint holds everything the next step depends on: weights, RMSProp's ``V``, the SGHMC
+    momentum (key ``"momentum"``, SGHMC only), the noise generator and the minibatch stream.
     The manifest is replaced atomically after the draw's rows are in the (shared) memory map, so
     a killed process loses at most the draw in flight. The checkpoint is written after the
     manifest, so it never runs ahead of the completed draws.
@@ -496,14 +513,14 @@ def _commit(
     manifest["completed"][chain] = done
     store.write_manifest(manifest)
     if done % config.checkpoint_every == 0 and done < config.num_draws:
-        store.save_checkpoint(
-            chain,
-            {
-                "draw": done,
-                "step": step,
-                "params": [p.detach().cpu().clone() for p in params],
-                "square_avg": [v.detach().cpu().clone() for v in state.square_avg],
-                "noise_rng": noise_gen.get_state(),
-                "stream": stream.state_dict(),
-            },
-        )
+        ckpt = {
+            "draw": done,
+            "step": step,
+            "params": [p.detach().cpu().clone() for p in params],
+            "square_avg": [v.detach().cpu().clone() for v in state.square_avg],
+            "noise_rng": noise_gen.get_state(),
+            "stream": stream.state_dict(),
+        }
+        if config.has_momentum:
+            ckpt["momentum"] = [v.detach().cpu().clone() for v in state.momentum]
+        store.save_checkpoint(chain, ckpt)

@@ -1,4 +1,4 @@
-"""One SGLD / RMSProp-SGLD update on a list of parameters, in place (devinterp convention)."""
+"""One SGLD / RMSProp-SGLD / SGHMC update on a list of parameters, in place (devinterp convention)."""
 
 from __future__ import annotations
 
@@ -20,22 +20,28 @@ __all__ = [
 
 @dataclass
 class SGLDState:
-    """Per-chain mutable state: RMSProp's running squared-gradient average (if used).
+    """Per-chain mutable state: RMSProp's running squared-gradient average (if used) and the
+    SGHMC momentum (if used).
 
     For ``"rmsprop_frozen"`` whether ``V`` is still updated follows from the step number
-    (:func:`adapts_preconditioner`), so a resumed chain needs only ``V`` itself.
+    (:func:`adapts_preconditioner`), so a resumed chain needs only ``V`` and the momentum.
     """
 
     square_avg: list[torch.Tensor] = field(default_factory=list)
+    #: SGHMC momentum v = the last step's displacement w_k - w_{k-1} (zero at w*); empty for SGLD.
+    momentum: list[torch.Tensor] = field(default_factory=list)
+    #: Scratch copy of the weights before an SGHMC step (no state: recomputed every step).
+    _previous: list[torch.Tensor] = field(default_factory=list, repr=False)
     #: ``(G, √G)`` of a frozen ``V``, computed on the first non-adapting step (speed only:
     #: the same numbers as recomputing them); cleared by any step that updates ``V``.
     frozen: tuple[list[torch.Tensor], list[torch.Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
     def init(cls, params: list[torch.Tensor], config: SGLDConfig) -> SGLDState:
-        if config.preconditioned:
-            return cls([torch.zeros_like(p) for p in params])
-        return cls([])
+        square_avg = [torch.zeros_like(p) for p in params] if config.preconditioned else []
+        if config.has_momentum:
+            return cls(square_avg, [torch.zeros_like(p) for p in params])
+        return cls(square_avg)
 
 
 def adapts_preconditioner(config: SGLDConfig, step: int) -> bool:
@@ -89,10 +95,22 @@ def sgld_update_with_noise(
     """:func:`sgld_update` with the standard normal draws ``noise`` given (overwritten in place).
 
     Every operation is elementwise, so stacked chains (a leading chain dimension on ``params``,
-    ``grads``, ``noise`` and the RMSProp state, with ``w_star`` broadcast) update exactly as each
-    chain would on its own.
+    ``grads``, ``noise`` and the RMSProp state and momentum, with ``w_star`` broadcast) update
+    exactly as each chain would on its own.
+
+    SGHMC (``config.integrator == "sghmc"``, friction α) computes
+    ``w ← w + (1-α)·v - (ε/2)·G·drift + √(αεG)·ξ`` and then ``v ← w_new - w_old``: the momentum
+    is the step actually taken (exact whenever a weight changes by less than half its size), and
+    for α = 1 the operations are SGLD's, in SGLD's order (plus an exact ``w + 0·v``), so the
+    chain is bit-for-bit the SGLD chain.
     """
     eps = config.step_size
+    noise_scale = math.sqrt(eps)
+    if config.has_momentum:
+        noise_scale = math.sqrt(config.friction * eps)
+        if not state._previous:
+            state._previous = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(state._previous, params)
     drift = torch._foreach_mul(grads, config.nbeta)
     if config.localization > 0:
         diff = torch._foreach_sub(params, w_star)
@@ -101,8 +119,13 @@ def sgld_update_with_noise(
         precond, root = _preconditioner(state, config, grads, adapt)
         torch._foreach_mul_(drift, precond)
         torch._foreach_mul_(noise, root)
+    if config.has_momentum:  # after the drift, which is evaluated at the current weights
+        torch._foreach_add_(params, state.momentum, alpha=1.0 - config.friction)
     torch._foreach_add_(params, drift, alpha=-eps / 2)
-    torch._foreach_add_(params, noise, alpha=math.sqrt(eps))
+    torch._foreach_add_(params, noise, alpha=noise_scale)
+    if config.has_momentum:
+        torch._foreach_copy_(state.momentum, params)
+        torch._foreach_sub_(state.momentum, state._previous)
 
 
 def _preconditioner(
