@@ -19,13 +19,17 @@ reopening a store with any of them different raises :class:`TraceStoreMismatchEr
 differs, also when the store is complete. A damaged store (unreadable manifest or arrays, a
 "complete" status with draws missing, NaN or Inf among the recorded losses) raises
 :class:`TraceStoreError` naming the folder and the file; it never returns wrong numbers.
+
+Chains can run as separate jobs (``SGLDConfig.first_chain``): :func:`merge_trace_stores` joins
+their complete stores into the one store a single run of all the chains would have written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,13 @@ from bifrepro.chain_diagnostics import ChainDiagnostics
 from bifrepro.fingerprint import describe_difference
 from bifrepro.sgld_config import SGLDConfig
 
-__all__ = ["LossTraces", "TraceStore", "TraceStoreError", "TraceStoreMismatchError"]
+__all__ = [
+    "LossTraces",
+    "TraceStore",
+    "TraceStoreError",
+    "TraceStoreMismatchError",
+    "merge_trace_stores",
+]
 
 #: Version 2 added the identity (data, weights, loss functions) and ``num_params``.
 FORMAT_VERSION = 2
@@ -394,3 +404,228 @@ def _explain(differs: list[str]) -> str:
 def _mean_over_items(trace: torch.Tensor) -> torch.Tensor:
     """``[C, D]`` mean loss per draw of a ``[C, D, n(, T)]`` trace."""
     return trace.reshape(trace.shape[0], trace.shape[1], -1).double().mean(-1)
+
+
+# -- merging the stores of chain jobs -----------------------------------------------------------
+#: Config fields in which the stores of one run's chain jobs differ.
+_CHAIN_FIELDS = ("num_chains", "first_chain")
+
+
+def merge_trace_stores(
+    sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]
+) -> LossTraces:
+    """Join the complete stores of chain jobs into the store one run of all chains writes.
+
+    Each source is a finished run of ``num_chains=k, first_chain=j`` (chains j..j+k-1 of one
+    larger run, see ``SGLDConfig.first_chain``). The result in ``out_dir`` has the traces and
+    diagnostics of every chain in chain order, ``num_chains`` = the total and ``first_chain`` =
+    the smallest; its manifest is the one a single run writes (plus ``merged_from``, the sources),
+    so :func:`~bifrepro.sampling.sample_loss_traces` with the full configuration loads it. Chain
+    checkpoints are not copied: a complete store never resumes.
+
+    The merge is written in a staging folder next to ``out_dir`` and renamed into place, so a
+    failure leaves nothing half-written. If ``out_dir`` already holds the same complete traces it
+    is loaded, not rewritten.
+
+    Raises:
+        TraceStoreMismatchError: naming what differs, when the sources are not complete, differ
+            in identity (weights, data, loss functions), in the SGLD settings apart from
+            ``num_chains``/``first_chain``, in observables, shapes, ``num_params`` or losses at
+            w*, when their chain ranges overlap or leave a gap, or when ``out_dir`` holds
+            other traces.
+        TraceStoreError: a source is damaged (missing draws, NaN or Inf).
+    """
+    if not sources:
+        raise ValueError("merge_trace_stores needs at least one source store")
+    stores = [TraceStore(Path(p)) for p in sources]
+    manifests = [_complete_source(st) for st in stores]
+    order = sorted(range(len(stores)), key=lambda i: manifests[i]["config"]["first_chain"])
+    stores = [stores[i] for i in order]
+    manifests = [manifests[i] for i in order]
+    _check_same_run(stores, manifests)
+    _check_contiguous(stores, manifests)
+
+    ref = manifests[0]
+    total = sum(m["config"]["num_chains"] for m in manifests)
+    config = SGLDConfig(**ref["config"]).replace(
+        num_chains=total, first_chain=ref["config"]["first_chain"]
+    )
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "fingerprint": config.fingerprint(),
+        "identity": ref["identity"],
+        "num_params": ref.get("num_params"),
+        "observables": ref["observables"],
+        "completed": [config.num_draws] * total,
+        "status": "complete",
+        "error": None,
+        "merged_from": [
+            {
+                "out_dir": str(st.root),
+                "first_chain": m["config"]["first_chain"],
+                "num_chains": m["config"]["num_chains"],
+            }
+            for st, m in zip(stores, manifests, strict=True)
+        ],
+    }
+    out = TraceStore(Path(out_dir))
+    existing = _existing_merge(out, manifest)
+    if existing is not None:
+        return existing
+    out.root.parent.mkdir(parents=True, exist_ok=True)
+    staging = TraceStore(out.root.with_name(f".{out.root.name}.merging-{os.getpid()}"))
+    shutil.rmtree(staging.root, ignore_errors=True)
+    try:
+        _write_merged(staging, stores, manifest)
+        try:
+            os.rename(staging.root, out.root)  # replaces only a missing or empty folder
+        except OSError:
+            existing = _existing_merge(out, manifest)  # another process merged first?
+            if existing is None:
+                raise TraceStoreMismatchError(
+                    f"out_dir {out.root} exists and is not a trace store; use another out_dir"
+                ) from None
+            shutil.rmtree(staging.root, ignore_errors=True)
+            return existing
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
+    return out.to_traces(manifest, verify=False)
+
+
+def _complete_source(store: TraceStore) -> dict[str, Any]:
+    """The manifest of a complete, undamaged source store of the current format, or raise."""
+    manifest = store.read_manifest()
+    if manifest is None:
+        raise TraceStoreMismatchError(f"cannot merge {store.root}: it holds no trace store")
+    if manifest["status"] != "complete":
+        raise TraceStoreMismatchError(
+            f"cannot merge {store.root}: its run is not complete (status "
+            f"{manifest['status']!r}, completed draws per chain {manifest['completed']})"
+        )
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise TraceStoreMismatchError(
+            f"cannot merge {store.root}: trace format version {manifest.get('format_version')} "
+            f"(merging needs {FORMAT_VERSION}, which records the store's identity)"
+        )
+    store.check_complete(manifest)
+    return manifest
+
+
+def _run_settings(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Fingerprint and fields of a store's config with the chain range set aside."""
+    config = SGLDConfig(**manifest["config"]).replace(num_chains=1, first_chain=0)
+    fields = {k: v for k, v in config.to_dict().items() if k not in _CHAIN_FIELDS}
+    return config.fingerprint(), fields
+
+
+def _check_same_run(stores: list[TraceStore], manifests: list[dict[str, Any]]) -> None:
+    """Every source holds chains of the same run as the first one, or raise naming the difference."""
+    ref_store, ref = stores[0], manifests[0]
+    ref_print, ref_fields = _run_settings(ref)
+    for store, manifest in zip(stores[1:], manifests[1:], strict=True):
+        where = f"cannot merge {store.root} with {ref_store.root}:"
+        fingerprint, fields = _run_settings(manifest)
+        if fingerprint != ref_print:
+            diff = {k: (ref_fields[k], v) for k, v in fields.items() if ref_fields.get(k) != v}
+            raise TraceStoreMismatchError(
+                f"{where} different SGLD settings besides num_chains/first_chain (first → this: "
+                f"{diff})"
+            )
+        differs = describe_difference(ref.get("identity") or {}, manifest.get("identity") or {})
+        if differs:
+            raise TraceStoreMismatchError(
+                f"{where} traces of {_explain(differs)} (differing: {', '.join(differs)})"
+            )
+        if manifest["observables"] != ref["observables"]:
+            raise TraceStoreMismatchError(
+                f"{where} different observables or shapes ({ref['observables']} → "
+                f"{manifest['observables']})"
+            )
+        if manifest.get("num_params") != ref.get("num_params"):
+            raise TraceStoreMismatchError(
+                f"{where} different numbers of sampled parameters ({ref.get('num_params')} → "
+                f"{manifest.get('num_params')})"
+            )
+        for name in ref["observables"]:
+            a = ref_store._load_npy(ref_store.root / "traces" / f"init_{name}.npy")
+            b = store._load_npy(store.root / "traces" / f"init_{name}.npy")
+            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6):
+                raise TraceStoreMismatchError(
+                    f"{where} different losses at w* of observable {name!r} (different weights, "
+                    "data or loss function)"
+                )
+
+
+def _check_contiguous(stores: list[TraceStore], manifests: list[dict[str, Any]]) -> None:
+    """The sources' chain ranges (sorted by first chain) follow one another without overlap."""
+    for i in range(1, len(stores)):
+        prev, cur = manifests[i - 1]["config"], manifests[i]["config"]
+        end = prev["first_chain"] + prev["num_chains"]
+        start = cur["first_chain"]
+        if start != end:
+            what = "overlap" if start < end else f"leave a gap (chains {end}..{start - 1} missing)"
+            raise TraceStoreMismatchError(
+                f"cannot merge: the chain ranges of {stores[i - 1].root} (chains "
+                f"{prev['first_chain']}..{end - 1}) and {stores[i].root} (chains "
+                f"{start}..{start + cur['num_chains'] - 1}) {what}"
+            )
+
+
+def _existing_merge(out: TraceStore, manifest: dict[str, Any]) -> LossTraces | None:
+    """The traces in ``out`` if it already holds this merge's complete traces; None if it holds
+    nothing; :class:`TraceStoreMismatchError` if it holds anything else."""
+    existing = out.read_manifest()
+    if existing is None:
+        return None
+    same = (
+        existing["status"] == "complete"
+        and existing.get("format_version") == FORMAT_VERSION
+        and existing.get("fingerprint") == manifest["fingerprint"]
+        and existing["observables"] == manifest["observables"]
+        and existing.get("num_params") == manifest["num_params"]
+        and not describe_difference(existing.get("identity") or {}, manifest["identity"])
+    )
+    if not same:
+        raise TraceStoreMismatchError(
+            f"out_dir {out.root} already holds other traces (status {existing['status']!r}, "
+            f"fingerprint {existing.get('fingerprint')}, merge's {manifest['fingerprint']}); "
+            "use another out_dir or delete this one"
+        )
+    return out.to_traces(existing)
+
+
+def _write_merged(staging: TraceStore, stores: list[TraceStore], manifest: dict[str, Any]) -> None:
+    """Write the merged store into ``staging`` (chain by chain, in blocks of draws)."""
+    root = staging.root
+    for sub in ("traces", "diagnostics", "chains"):
+        (root / sub).mkdir(parents=True)
+    cfg = manifest["config"]
+    c, d = cfg["num_chains"], cfg["num_draws"]
+    for name in manifest["observables"]:
+        shutil.copyfile(stores[0].root / "traces" / f"init_{name}.npy",
+                        root / "traces" / f"init_{name}.npy")  # fmt: skip
+    targets: list[tuple[str, str, str, tuple[int, ...]]] = [
+        ("traces", name, cfg["trace_dtype"], (c, d, *shape))
+        for name, shape in manifest["observables"].items()
+    ]
+    targets += [("diagnostics", diag, "float64", (c, d)) for diag in ("sgld_loss", "distance")]
+    for kind, name, dtype, shape in targets:
+        path = root / kind / f"{name}.npy"
+        dest = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        offset = 0
+        for store in stores:
+            if kind == "traces":
+                src = store.trace_array(name, "r")
+            else:
+                src = store.diag_array(name, "r")
+            per_draw = max(1, int(np.prod(src.shape[2:], dtype=np.int64)) * src.itemsize)
+            step = max(1, _CHECK_BYTES // per_draw)
+            for chain in range(src.shape[0]):
+                for start in range(0, d, step):
+                    dest[offset + chain, start : start + step] = src[chain, start : start + step]
+            offset += src.shape[0]
+        dest.flush()
+        del dest
+    staging.write_manifest(manifest)

@@ -11,7 +11,8 @@ Outputs (``results/language/``): ``fig_<example>.png``, ``language_tokens.html``
 ``benchmark_summary.csv``, ``per_query.csv``, ``metrics.json``; the same to MLflow.
 ``bench/bench_devinterp.py`` adds the comparison with devinterp (``make reproduce-language``).
 
-Run: ``python -m experiments.language experiment=language [key=value ...]``.
+Run: ``python -m experiments.language experiment=language [key=value ...]``. Chains as separate
+jobs (``experiment.chain_job=true``, merged by the run of all chains): docs/chain_jobs.md.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from bifrepro.models.lm import CausalLMConfig, frozen_copy
 from bifrepro.plots.calibration import save_calibration
 from bifrepro.plots.token_examples import FIGURES, example_panels, poster_figures, poster_page
 from bifrepro.sampling import SGLDConfig
+from bifrepro.sampling.chain_jobs import record_chain_job
 from bifrepro.sampling.health import assess_traces
 from bifrepro.tracking import start_run
-from bifrepro.training.lm_setup import LanguageSetup, calibrate_sampler, max_positions, traces_key
+from bifrepro.training.lm_setup import LanguageSetup, calibrate_sampler, max_positions, traces_store
 from bifrepro.training.lm_setup import setup_language as _setup_language
 from experiments import CONF_DIR, output_dir, resolve_device, run_or_exit
 
@@ -79,6 +81,9 @@ def _validated(cfg: DictConfig) -> Any:
         raise ConfigError("experiment: expected the language schema (experiment=language)")
     if not isinstance(vc.data, TextCorpusConfig) or not isinstance(vc.model, CausalLMConfig):
         raise ConfigError("data / model: expected data=text and model=small_lm (or pythia)")
+    if vc.experiment.chain_job and vc.calibration.enabled:  # each job would calibrate anew
+        raise ConfigError("experiment.chain_job=true is invalid with calibration on: calibrate "
+                          "once, then pass sampler.step_size to every chain job")  # fmt: skip
     resolve_device(vc.experiment.device)
     return vc
 
@@ -156,8 +161,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             sampler, report = calibrate_sampler(s, sampled, sampler, vc.calibration, exp.progress)
             metrics.update(report.to_metrics("calibration/"))
 
-        # 2. per-token loss traces on disk (resumable); any sampler failure fails the run
-        traces_dir = cache_dir / f"traces-{traces_key(s, sampler.fingerprint(), exp.frozen)}"
+        # 2. per-token loss traces on disk (resumable; chain jobs' stores merged); failures fail
+        traces_dir, sampler = traces_store(s, sampler, cache_dir, exp.frozen, exp.chain_job)
         t0 = time.perf_counter()
         traces = sample_token_traces(
             sampled, obs.dataset(), qs.dataset(), sampler, sgld_data=s.train.dataset(),
@@ -166,6 +171,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["timing/bif/sampling_seconds"] = time.perf_counter() - t0
         diag = traces.diagnostics
         metrics.update(diag.to_metrics("chain/"))
+        if exp.chain_job:  # only this job's chains, into the cache: no scores, no results
+            return record_chain_job(tracker, sampler, str(traces_dir), metrics)
         # every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
         thresholds = vc.calibration.thresholds
         evidence = report.health_evidence(sampler) if report is not None else {}
@@ -285,9 +292,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns BIF's token-level MRR (cross-form links) for sweepers."""
-    metrics = run_or_exit(run, cfg)
-    return metrics["token/bif/all_other/mrr"]
+    """Hydra entry point; returns BIF's token-level MRR (cross-form links; NaN for a chain job)."""
+    return run_or_exit(run, cfg).get("token/bif/all_other/mrr", math.nan)
 
 
 if __name__ == "__main__":

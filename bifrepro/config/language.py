@@ -56,6 +56,11 @@ class LanguageConfig:
     device: str = "cpu"
     #: Progress bars (null: only on a terminal).
     progress: bool | None = None
+    #: Only sample this job's chains (sampler.num_chains from sampler.first_chain) into the
+    #: trace cache and stop: no scores, figures or tables, MLflow gets a "chain job" record. A
+    #: later normal run of all chains merges the jobs' stores instead of sampling
+    #: (docs/chain_jobs.md). Needs calibration off (calibrate once, then set sampler.step_size).
+    chain_job: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -74,6 +79,8 @@ class LanguageConfig:
         unknown = sorted(set(self.methods) - set(LANGUAGE_METHODS))
         if unknown or "bif" not in self.methods:
             bad("methods", f"must include 'bif' and only name {list(LANGUAGE_METHODS)}")
+        if not isinstance(self.chain_job, bool):
+            bad("chain_job", "must be true or false")
         if self.rows_per_example < 1 or self.html_rows < 1:
             bad("rows_per_example" if self.rows_per_example < 1 else "html_rows", "must be >= 1")
 

@@ -6,15 +6,20 @@ training documents; it then gets the causal LM: the embedded model trained once 
 (:func:`bifrepro.training.lm.embedded_causal_lm`), or any Hugging Face checkpoint
 (:func:`bifrepro.models.lm.load_causal_lm`). :func:`setup_language` adds what the token-level
 experiment attributes: the query sentences (poster examples first) and the observed training
-sequences; :func:`traces_key` names the cache of its per-token traces and
-:func:`calibrate_sampler` calibrates SGLD where those traces are sampled.
+sequences; :func:`traces_key` names the cache of its per-token traces, :func:`traces_store`
+finds that store (merging the stores of chain jobs first, see :mod:`bifrepro.sampling.chain_jobs`)
+and :func:`calibrate_sampler` calibrates SGLD where those traces are sampled. Parallel jobs
+sharing one cache build it one at a time (a file lock), so the embedded model is trained once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from bifrepro.data.text import (
 from bifrepro.data.tokenizer import load_or_train_tokenizer, load_tokenizer, texts_fingerprint
 from bifrepro.models.lm import CausalLMConfig, load_causal_lm
 from bifrepro.sampling import CalibrationConfig, CalibrationReport, SGLDConfig, resolve_sampler
+from bifrepro.sampling.chain_jobs import merge_chain_jobs
 from bifrepro.training.lm import BatchTransform, embedded_causal_lm
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "setup_causal_lm",
     "setup_language",
     "traces_key",
+    "traces_store",
     "calibrate_sampler",
 ]
 
@@ -122,6 +129,39 @@ def setup_causal_lm(
     the tokenizer returned is the one saved beside the model. ``batch_transform`` rewrites its
     training batches (see :data:`bifrepro.models.lm.BatchTransform`).
     """
+    with _cache_lock(cache_dir):  # parallel jobs: the first builds the cache, the others load it
+        return _setup_causal_lm(
+            data_cfg, model_cfg, seq_len, cache_dir, device, progress, batch_transform
+        )
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir: str | Path) -> Iterator[None]:
+    """An exclusive inter-process lock (``flock``) on ``cache_dir/.setup.lock``; none on
+    platforms without ``fcntl``. Released when the block ends or the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache_dir) / ".setup.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _setup_causal_lm(
+    data_cfg: TextCorpusConfig,
+    model_cfg: CausalLMConfig,
+    seq_len: int,
+    cache_dir: str | Path,
+    device: str | torch.device,
+    progress: bool | None,
+    batch_transform: BatchTransform | None,
+) -> CausalLMSetup:
     corpus = build_corpus(data_cfg)
     device = torch.device(device)
     info: dict[str, Any] = {}
@@ -205,11 +245,49 @@ def setup_language(
 def traces_key(s: LanguageSetup, sampler_fingerprint: str, frozen: list[str]) -> str:
     """Cache key of the per-token traces: model, sampler, frozen parameters, the training,
     observed and query sequences, and the first weights (a retrained model gets new traces)."""
-    return texts_fingerprint(
-        [s.model_info["model_path"], sampler_fingerprint, *sorted(frozen)],
-        data=sequences_fingerprint(s.train.input_ids, s.observed.input_ids, s.queries.input_ids),
-        weights=sequences_fingerprint(*[p.detach().cpu() for p in list(s.model.parameters())[:2]]),
-    )
+    return _traces_keys(s, frozen)(sampler_fingerprint)
+
+
+def _traces_keys(s: LanguageSetup, frozen: list[str]) -> Callable[[str], str]:
+    """``sampler_fingerprint -> traces_key(s, sampler_fingerprint, frozen)``, hashing the data
+    and weights once."""
+    data = sequences_fingerprint(s.train.input_ids, s.observed.input_ids, s.queries.input_ids)
+    weights = sequences_fingerprint(*[p.detach().cpu() for p in list(s.model.parameters())[:2]])
+
+    def key(sampler_fingerprint: str) -> str:
+        return texts_fingerprint(
+            [s.model_info["model_path"], sampler_fingerprint, *sorted(frozen)],
+            data=data,
+            weights=weights,
+        )
+
+    return key
+
+
+def traces_store(
+    s: LanguageSetup,
+    sampler: SGLDConfig,
+    cache_dir: str | os.PathLike[str],
+    frozen: list[str],
+    chain_job: bool = False,
+) -> tuple[Path, SGLDConfig]:
+    """The folder of the per-token traces of ``sampler`` in the cache, and the sampler to use.
+
+    The folder is ``cache_dir/traces-<traces_key>``. Unless this run is itself a chain job
+    (``experiment.chain_job``), complete stores of chain jobs of the same settings that together
+    hold its chains are first merged into that folder, so the run loads them instead of sampling
+    (:func:`~bifrepro.sampling.chain_jobs.merge_chain_jobs`, which also says why the returned
+    sampler's ``chain_batching`` may differ).
+    """
+    key = _traces_keys(s, frozen)
+
+    def store_dir(config: SGLDConfig) -> Path:
+        return Path(cache_dir) / f"traces-{key(config.fingerprint())}"
+
+    out = store_dir(sampler)
+    if not chain_job:
+        sampler = merge_chain_jobs(out, sampler, store_dir)
+    return out, sampler
 
 
 def calibrate_sampler(
