@@ -5,14 +5,20 @@ the deep linear network and the ``experiment`` node. Registered by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bifrepro.validation import bad as _bad
 from bifrepro.validation import int_at_least as _int_at_least
 from bifrepro.validation import one_of as _one_of
 from bifrepro.validation import positive as _positive
 
-__all__ = ["HierarchyDataConfig", "DeepLinearModelConfig", "ToyHierarchyConfig", "SCHEMAS"]
+__all__ = [
+    "HierarchyDataConfig",
+    "DeepLinearModelConfig",
+    "ToyHierarchyConfig",
+    "ToyRobustnessConfig",
+    "SCHEMAS",
+]
 
 
 @dataclass
@@ -115,9 +121,35 @@ class ToyHierarchyConfig:
                 )
 
 
+@dataclass
+class ToyRobustnessConfig(ToyHierarchyConfig):
+    """Settings of ``experiments/toy_robustness.py``: the toy protocol repeated over sampler and
+    initialisation seeds, to tell robust sign flips from Monte Carlo noise."""
+
+    name: str = "toy_robustness"
+    #: Sampler seeds per initialisation (>= 2 for intervals; the issue asks for >= 5).
+    sampler_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    #: Initialisation (and training) seeds (the issue asks for >= 3).
+    init_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: Level of the t-intervals over sampler seeds at the cross-fitted extremes.
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("sampler_seeds", "init_seeds"):
+            v = getattr(self, name)
+            if len(v) != len(set(v)) or not v:
+                _bad(self, name, "must be a non-empty list of distinct seeds")
+        if len(self.sampler_seeds) < 2:
+            _bad(self, "sampler_seeds", "needs >= 2 seeds for an interval over seeds")
+        if not 0 < self.confidence < 1:
+            _bad(self, "confidence", "must be in (0, 1)")
+
+
 #: (group, option name, schema) stored in the ConfigStore as ``<group>/<name>_schema``.
 SCHEMAS: tuple[tuple[str, str, type], ...] = (
     ("data", "hierarchy", HierarchyDataConfig),
     ("model", "deep_linear", DeepLinearModelConfig),
     ("experiment_schema", "toy_hierarchy", ToyHierarchyConfig),
+    ("experiment_schema", "toy_robustness", ToyRobustnessConfig),
 )
