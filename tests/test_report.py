@@ -28,6 +28,13 @@ def _write_results(root: Path, spearman: float = 0.8123) -> Path:
     pd.DataFrame(
         {"healthy": [True, True, False], "accurate": [True, False, True], "settings": [1, 1, 1]}
     ).to_csv(folder / "health_vs_accuracy.csv", index=False)
+    pd.DataFrame(
+        {
+            "problem": ["lin", "lin", "log", "log"],
+            "preconditioner": ["none", "rmsprop_frozen", "none", "rmsprop_frozen"],
+            "calibration_healthy": [True, True, False, True],
+        }
+    ).to_csv(folder / "calibration.csv", index=False)
     return root
 
 
@@ -40,6 +47,8 @@ def test_blocks_are_rewritten_from_results_and_nothing_else_changes(tmp_path: Pa
     assert "0.81 ± 0.01" in out  # the calibrated row, rounded once
     assert "SGLD, 4× (best)" in out  # the best setting is always shown
     assert "Healthy but not accurate: `lin/rms_cal`." in out
+    assert "plain SGLD on 1 of 2 (lin); frozen RMSProp-SGLD on 2 of 2" in out
+    assert "(the sampler healthy most often)" in out
 
 
 def test_check_fails_when_a_number_is_edited_by_hand(tmp_path: Path) -> None:
@@ -132,3 +141,77 @@ def test_the_reported_auto_sampler_is_the_configured_one(hydra_compose) -> None:
     from bifrepro.report import _AUTO_PRECONDITIONER
 
     assert hydra_compose(["sampler=auto"]).sampler.preconditioner == _AUTO_PRECONDITIONER
+
+
+def _write_vision(folder: Path, groups: bool, title: str) -> None:
+    """A gallery results folder as experiments/imagenet.py writes it (two methods, k = 1, 3)."""
+    import json
+
+    folder.mkdir(parents=True)
+    rows = [
+        {"method": m, "direction": d, "k": k, "agreement": a, "ci_low": a - 0.05,
+         "ci_high": a + 0.05, "n_queries": 500, "chance": 0.1}
+        for m, a in (("bif", 0.9), ("ekfac", 0.6))
+        for d in ("helpful", "harmful")
+        for k in (1, 3)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "label_agreement.csv", index=False)
+    metrics = {"bif/seconds": 100.0, "ekfac/seconds": 20.0}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "title": title}))
+    rank = [
+        {"k": k, "rank": r, "method": m, "resolved": res}
+        for k in (1, 3)
+        for r, m, res in ((1, "bif", True), (2, "ekfac", False))
+    ]
+    pd.DataFrame(rank).to_csv(folder / "label_agreement_ranking.csv", index=False)
+    if not groups:
+        return
+    g = [
+        {"method": m, "group": "all groups", "k": k, "metric": metric, "value": v,
+         "ci_low": v - 0.1, "ci_high": v + 0.1, "n_queries": 350, "chance": 0.1}
+        for m, exact in (("bif", 0.7), ("ekfac", 0.4))
+        for k in (1, 3)
+        for metric, v in (("exact", exact), ("group_other", 1 - exact))
+    ]  # fmt: skip
+    pd.DataFrame(g).to_csv(folder / "group_agreement.csv", index=False)
+    within = [
+        {"k": k, "rank": r, "method": m, "resolved": res}
+        for k in (1, 3)
+        for r, m, res in ((1, "ekfac", False), (2, "bif", False))
+    ]
+    pd.DataFrame(within).to_csv(folder / "group_agreement_ranking.csv", index=False)
+    seeds = [
+        {"method": "bif", "k": k, "sampler_seed": s, "agreement": 0.9 - 0.01 * s, "spread": 0.02}
+        for k in (1, 3)
+        for s in (0, 1, 2)
+    ]
+    pd.DataFrame(seeds).to_csv(folder / "bif_seeds.csv", index=False)
+
+
+def test_vision_block_reads_the_default_standin_with_groups_seeds_and_rankings(
+    tmp_path: Path,
+) -> None:
+    from bifrepro.config.imagenet import DEFAULT_STANDIN
+    from bifrepro.report import vision_block
+
+    _write_vision(tmp_path / "imagenet" / "mnist5k", False, "Stand-in for ImageNet: MNIST-5k · x")
+    _write_vision(tmp_path / "imagenet" / DEFAULT_STANDIN, True,
+                  "Stand-in for ImageNet: Fashion-MNIST · cnn")  # fmt: skip
+    text = vision_block(tmp_path)
+    assert "Data: Stand-in for ImageNet: Fashion-MNIST (`imagenet/fashion_mnist/`)" in text
+    assert "| BIF (correlation) | 0.90 [0.85, 0.95] | 0.90 [0.85, 0.95] | 100.0 |" in text
+    assert (
+        "| EK-FAC (raw score) | 0.40 [0.30, 0.50] | 0.40 [0.30, 0.50] | 0.60 [0.50, 0.70] |" in text
+    )
+    assert "- agreement@3: BIF (correlation) > EK-FAC (raw score)" in text
+    assert "- exact class within the look-alike groups@3: EK-FAC (raw score) ≈ BIF (corr" in text
+    assert "sampler seeds 0, 1, 2" in text and "0.90, 0.89, 0.88 (spread 0.02)" in text
+
+
+def test_vision_block_falls_back_to_the_mnist5k_folder(tmp_path: Path) -> None:
+    from bifrepro.report import vision_block
+
+    _write_vision(tmp_path / "imagenet" / "mnist5k", False, "Stand-in for ImageNet: MNIST-5k · x")
+    text = vision_block(tmp_path)
+    assert "(`imagenet/mnist5k/`)" in text and "look-alike" not in text
+    assert "- agreement@1: BIF (correlation) > EK-FAC (raw score)" in text
