@@ -48,6 +48,11 @@ The rule
    query's top-``precision_k`` items is resolved beyond noise
    (:func:`~bifrepro.sampling.precision_target.draws_for_resolved`); ``num_draws`` is raised to
    it (never lowered, capped at ``max_draws``; ``precision_reachable`` says whether it fits).
+   With ``choose_thinning`` the chosen pilot's autocorrelation time ``τ`` (SGLD steps) and the
+   cost model below pick the thinning with the most effective samples per unit cost (about
+   ``τ`` when evaluating the observed items dominates) and rescale ``num_draws`` to keep the
+   effective sample size (:mod:`bifrepro.sampling.thinning`); the precision target's draws are
+   converted to that thinning.
 7. **Cost.** Pilot draws per candidate are set so that the worst case (every grid point
    evaluated, every halving round counting as two pilots) costs at most ``pilot_fraction`` of the
    real run, counting forward-pass item evaluations: an SGLD step costs ``3 × batch`` (forward +
@@ -103,6 +108,7 @@ from bifrepro.sampling.precision_target import draws_for_resolved
 from bifrepro.sampling.sampler import LossFn
 from bifrepro.sampling.step_grid import anchor_grid, coarse_grid
 from bifrepro.sampling.sweep_runs import load_sweep_runs
+from bifrepro.sampling.thinning import ThinningChoice, choose_thinning, tau_in_steps
 from bifrepro.sampling.uncertainty import bif_standard_errors
 from bifrepro.sgld_config import SGLDConfig
 
@@ -349,16 +355,23 @@ def calibrate_report(
 
     result = config
     precision: tuple[int | None, bool | None] = (None, None)
+    thin: ThinningChoice | None = None
     if chosen is not None:
         result = config.replace(
             step_size=chosen.step_size, localization=chosen.localization, nbeta=chosen.nbeta
         )
+        if cal.choose_thinning and chosen.traces is not None:
+            thin = _thinning(chosen, cal, config, n_train, n_observed or n_train + n_query, notes)
+            result = result.replace(thinning=thin.thinning, num_draws=thin.num_draws)
         if cal.target_resolved is not None:
             precision = _precision_draws(chosen, cal, config, n_train, notes)
             if precision[0] is not None:
-                draws = max(config.num_draws, precision[0])
+                # the pilot ran at the configured thinning: convert to the chosen one
+                needed = thin.draws_for(precision[0], config.thinning) if thin else precision[0]
+                precision = (needed, precision[1])
+                draws = max(result.num_draws, needed)
                 if cal.max_draws is not None:
-                    draws = min(draws, max(cal.max_draws, config.num_draws))
+                    draws = min(draws, max(cal.max_draws, result.num_draws))
                 result = result.replace(num_draws=draws)
     for cand in candidates:  # keep the chosen pilot's traces only (memory)
         if cand is not chosen:
@@ -382,6 +395,8 @@ def calibrate_report(
         draws_needed=precision[0],
         precision_reachable=precision[1],
         notes=notes,
+        tau_steps=thin.tau_steps if thin is not None else math.nan,
+        thinning_speedup=thin.speedup if thin is not None else math.nan,
     )
     for note in notes:
         log.info("calibration: %s", note)
@@ -443,6 +458,30 @@ def _step_halving(
             f"(discretisation bias at the larger step)"
         )
     return current, check
+
+
+def _thinning(
+    chosen: Candidate,
+    cal: CalibrationConfig,
+    config: SGLDConfig,
+    n_train: int,
+    n_observed: int,
+    notes: list[str],
+) -> ThinningChoice:
+    """Thinning and draws from the chosen pilot's autocorrelation time and the cost model."""
+    batch = min(config.batch_size, n_train)
+    tau = tau_in_steps(chosen.traces, config.thinning)
+    thin = choose_thinning(
+        tau, config.thinning, config.num_draws, step_cost=3.0 * batch, draw_cost=float(n_observed),
+        max_thinning=cal.max_thinning, min_draws=cal.min_draws,
+    )  # fmt: skip
+    notes.append(
+        f"thinning {config.thinning} -> {thin.thinning} and draws {config.num_draws} -> "
+        f"{thin.num_draws} (pilot autocorrelation time {tau:.3g} SGLD steps; a draw costs "
+        f"{n_observed} item evaluations, a step {3 * batch}): {thin.speedup:.2g}x the effective "
+        "samples per unit cost, the same effective sample size"
+    )
+    return thin
 
 
 def _precision_draws(

@@ -33,7 +33,10 @@ RULE = (
     "halving (bias_check): an independent pilot at ε/2 must reproduce the chosen pilot's scores "
     "and item-loss variance within bias_z standard errors, else the healthy ε/2 is chosen "
     "(at most bias_check_rounds times). With target_resolved, num_draws is raised to what the "
-    "chosen pilot's standard errors say that share of resolved top-k items needs (<= max_draws)."
+    "chosen pilot's standard errors say that share of resolved top-k items needs (<= max_draws). "
+    "With choose_thinning, the thinning is the k with the most effective samples per unit cost "
+    "given the chosen pilot's autocorrelation time, draws rescaled to keep the effective sample "
+    "size."
 )
 
 
@@ -108,6 +111,14 @@ class CalibrationConfig:
     precision_k: int = 10
     #: Most draws per chain the precision target may ask for (None: no limit).
     max_draws: int | None = None
+    #: Choose the thinning from the chosen pilot's autocorrelation time τ (in SGLD steps) and
+    #: the cost of a draw (:mod:`bifrepro.sampling.thinning`): the k with the most effective
+    #: samples per unit cost, with the draws rescaled to keep the effective sample size.
+    choose_thinning: bool = False
+    #: Largest thinning it may choose.
+    max_thinning: int = 100
+    #: Fewest draws per chain it may leave (chain diagnostics need draws; never above num_draws).
+    min_draws: int = 100
     #: Thresholds of the health rules.
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
 
@@ -137,6 +148,8 @@ class CalibrationConfig:
             ("curvature_iters", 1),
             ("bias_check_rounds", 1),
             ("precision_k", 1),
+            ("max_thinning", 1),
+            ("min_draws", 4),
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -145,8 +158,9 @@ class CalibrationConfig:
             values = list(getattr(self, name))
             if not values or any(not float(v) > 0 for v in values):
                 bad(name, "must be a non-empty list of numbers > 0")
-        if not isinstance(self.bias_check, bool):
-            bad("bias_check", "must be true or false")
+        for name in ("bias_check", "choose_thinning"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be true or false")
         t = self.target_resolved
         if t is not None and (
             not isinstance(t, int | float) or isinstance(t, bool) or not 0 < t <= 1

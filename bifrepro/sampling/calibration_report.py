@@ -118,6 +118,10 @@ class CalibrationReport:
     precision_reachable: bool | None = None
     #: Remarks on the choice (bias check, precision target), also in the summary and JSON.
     notes: list[str] = field(default_factory=list)
+    #: Autocorrelation time of the chosen pilot in SGLD steps (NaN: thinning not chosen).
+    tau_steps: float = math.nan
+    #: Effective samples per unit cost at the chosen thinning over the configured one.
+    thinning_speedup: float = math.nan
 
     @property
     def healthy(self) -> bool:
@@ -228,6 +232,9 @@ class CalibrationReport:
             f"{prefix}top_eigenvalue": float(self.top_eigenvalue),
             f"{prefix}step_curvature": math.nan if self.curvature is None else self.curvature,
             f"{prefix}num_draws": float(self.config.num_draws),
+            f"{prefix}thinning": float(self.config.thinning),
+            f"{prefix}tau_steps": float(self.tau_steps),
+            f"{prefix}thinning_speedup": float(self.thinning_speedup),
         }
         if self.bias_check is not None:
             out[f"{prefix}step_halving_ok"] = float(self.bias_check.passed)

@@ -448,3 +448,35 @@ def test_the_default_curvature_cap_bounds_the_variance_inflation(problem):
     assert report.chosen is not None
     assert report.config.step_size * lam_max <= 0.5 * (1 + 1e-3)
     assert 1 / (1 - report.config.step_size * lam_max / 4) <= 1.143
+
+
+def test_choose_thinning_records_every_tau_steps_and_keeps_the_ess(problem):
+    """With choose_thinning the real run records about once per autocorrelation time of the
+    chosen pilot and keeps its effective sample size with fewer draws; the precision target's
+    draws are converted to the chosen thinning."""
+    from bifrepro.sampling.thinning import choose_thinning
+
+    data, model, _ = problem
+    cfg = _config(num_draws=2000)
+    cal = CalibrationConfig(choose_thinning=True, min_draws=50, bias_check=False, **_GRID)
+    report = calibrate_report(model, mse_loss, data, cfg, calibration=cal, progress=False)
+    assert report.chosen is not None and math.isfinite(report.tau_steps)
+    assert report.tau_steps > 2  # small steps: draws one step apart are strongly correlated
+    # the choice is the cost-optimal one for the measured τ (40 observed items, full batch of 40)
+    expected = choose_thinning(report.tau_steps, 1, 2000, 3.0 * 40, 40.0, 100, 50)
+    assert (report.config.thinning, report.config.num_draws) == (
+        expected.thinning,
+        expected.num_draws,
+    )
+    assert report.config.thinning > 1 and report.config.num_draws < 2000
+    assert report.thinning_speedup > 1
+    assert any("thinning 1 ->" in n for n in report.notes)
+    metrics = report.to_metrics()
+    assert metrics["calibration/thinning"] == report.config.thinning
+    # without the option nothing changes
+    plain = calibrate_report(
+        model, mse_loss, data, cfg, calibration=CalibrationConfig(bias_check=False, **_GRID),
+        progress=False,
+    )  # fmt: skip
+    assert (plain.config.thinning, plain.config.num_draws) == (1, 2000)
+    assert math.isnan(plain.tau_steps)
