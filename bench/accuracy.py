@@ -427,6 +427,9 @@ class Setting:
     #: "sgld" or "sghmc" (momentum; at the step its preconditioner's SGLD calibration picks).
     integrator: str = "sgld"
     friction: float = 0.1
+    #: Thinning and draws from the calibration (``choose_thinning``: the same effective sample
+    #: size as the bench's draws, recorded about once per autocorrelation time).
+    thin: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -452,6 +455,13 @@ SETTINGS: tuple[Setting, ...] = (
         integrator="sghmc",
     ),
     Setting("hmc_sgld_cal", "SGHMC, calibrated ε (plain SGLD's)", "none", integrator="sghmc"),
+    # sampler=auto: frozen RMSProp, calibrated ε, thinning from the pilot's autocorrelation time
+    Setting(
+        "frz_thin",
+        "frozen RMSProp-SGLD, calibrated ε and thinning (same ESS)",
+        "rmsprop_frozen",
+        thin=True,
+    ),
 )
 QUICK_SETTINGS = (
     "sgld_cal",
@@ -461,6 +471,7 @@ QUICK_SETTINGS = (
     "frz_cal",
     "hmc_cal",
     "hmc_sgld_cal",
+    "frz_thin",
 )
 
 
@@ -509,9 +520,10 @@ def base_sampler(problem: Problem, bench: BenchConfig) -> SGLDConfig:
 
 
 def calibrated(
-    problem: Problem, base: SGLDConfig
+    problem: Problem, base: SGLDConfig, thin: bool = False
 ) -> tuple[SGLDConfig, dict[str, Any], CalibrationReport]:
-    """``calibrate()`` with default settings for this preconditioner; the report's essentials."""
+    """``calibrate()`` with default settings for this preconditioner (``thin``: also choosing the
+    thinning); the report's essentials."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = calibrate_report(
@@ -519,7 +531,7 @@ def calibrated(
             problem.loss_fn,
             problem.train,
             base,
-            calibration=CalibrationConfig(),
+            calibration=CalibrationConfig(choose_thinning=thin),
             query_data=problem.query,
             query_loss_fn=problem.query_loss_fn,
             progress=False,
@@ -527,7 +539,11 @@ def calibrated(
     info = {
         "problem": problem.name,
         "preconditioner": base.preconditioner,
+        "choose_thinning": thin,
         "step_size": report.config.step_size,
+        "thinning": report.config.thinning,
+        "num_draws": report.config.num_draws,
+        "tau_steps": report.tau_steps,
         "calibration_healthy": report.healthy,
         "candidates": len(report.candidates),
         "calibration_seconds": report.seconds,
@@ -644,10 +660,12 @@ def run_problem(
     """Every setting × seed on one problem: accuracy rows (one per truth) and calibration rows."""
     settings = [s for s in SETTINGS if s.name in bench.settings]
     base = base_sampler(problem, bench)
-    steps, reports, calibration_rows = {}, {}, []
-    for pre in sorted({s.preconditioner for s in settings}):
-        cfg, info, reports[pre] = calibrated(problem, base.replace(preconditioner=pre))
-        steps[pre] = cfg.step_size
+    chosen, reports, calibration_rows = {}, {}, []
+    for key in sorted({(s.preconditioner, s.thin) for s in settings}):
+        pre, thin = key
+        chosen[key], info, reports[key] = calibrated(
+            problem, base.replace(preconditioner=pre), thin
+        )
         calibration_rows.append(info)
         log(f"  {problem.name}: {info['summary']}")
     few_draws = {max(1, round(bench.draws * s.draws_factor)) for s in settings}
@@ -657,6 +675,10 @@ def run_problem(
     for setting in settings:
         chains = setting.chains or bench.chains
         draws = max(1, round(bench.draws * setting.draws_factor))
+        cal = chosen[(setting.preconditioner, setting.thin)]
+        thinning = cal.thinning
+        if setting.thin:
+            draws = cal.num_draws
         standard = draws == bench.draws and chains == bench.chains
         seed_scores: dict[str, list[torch.Tensor | None]] = {t: [] for t in problem.truths}
         setting_rows = []
@@ -665,12 +687,13 @@ def run_problem(
                 preconditioner=setting.preconditioner,
                 integrator=setting.integrator,
                 friction=setting.friction,
-                step_size=steps[setting.preconditioner] * setting.step_factor,
+                step_size=cal.step_size * setting.step_factor,
                 num_chains=chains,
                 num_draws=draws,
+                thinning=thinning,
                 seed=seed,
             )
-            evidence = reports[setting.preconditioner].health_evidence(config)
+            evidence = reports[(setting.preconditioner, setting.thin)].health_evidence(config)
             result = run_setting(problem, config, truncate_to if standard else None, evidence)
             for task, (_, _, truth_label) in problem.truths.items():
                 seed_scores[task].append(result.scores.get(task))
@@ -685,7 +708,9 @@ def run_problem(
                         "step_size": config.step_size,
                         "chains": chains,
                         "draws": draws,
-                        "budget": chains * draws,
+                        "thinning": thinning,
+                        # a thinned setting aims at the full run's effective sample size
+                        "budget": chains * (bench.draws if setting.thin else draws),
                         "seed": seed,
                         **result.row,
                         **result.metrics.get(task, {}),
@@ -733,6 +758,7 @@ def summarise(runs: pd.DataFrame, bench: BenchConfig) -> pd.DataFrame:
             "step_size": g["step_size"].iloc[0],
             "chains": g["chains"].iloc[0],
             "draws": g["draws"].iloc[0],
+            "thinning": g["thinning"].iloc[0],
             "budget": g["budget"].iloc[0],
             "seeds": len(g),
             "diverged": int((g["status"] == "diverged").sum()),
@@ -753,7 +779,8 @@ def summarise(runs: pd.DataFrame, bench: BenchConfig) -> pd.DataFrame:
     for _, row in summary.iterrows():
         peers = summary[(summary["task"] == row["task"]) & (summary["budget"] == row["budget"])]
         reachable = peers["spearman_cov_mean"].max()
-        if row["draws"] < bench.draws and "spearman_cov_truncated" in runs:
+        fewer = row["draws"] < bench.draws and row["thinning"] == bench.thinning
+        if fewer and "spearman_cov_truncated" in runs:
             same = runs[(runs["task"] == row["task"]) & (runs["chains"] == row["chains"])]
             truncated = same.groupby("setting")["spearman_cov_truncated"].mean().max()
             reachable = np.nanmax([reachable, truncated])
@@ -813,7 +840,7 @@ def plot_accuracy_vs_time(summary: pd.DataFrame, bench: BenchConfig) -> Any:
     """Mean Spearman (cov) vs mean sampling time per setting, one panel per task."""
     tasks = list(dict.fromkeys(summary["task"]))
     colors = _setting_colors()
-    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osDXX", strict=True))
+    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osDXX*", strict=True))
     ncols = 3
     nrows = math.ceil((len(tasks) + 1) / ncols)
     with house_style():

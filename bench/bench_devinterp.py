@@ -58,6 +58,10 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
     p.add_argument("--num-sgld", type=int, default=512, help="sequences SGLD draws batches from")
     p.add_argument("--batch-size", type=int, default=16, help="SGLD batch size (both sides)")
     p.add_argument("--eval-batch-size", type=int, default=96, help="bifrepro's evaluation batch")
+    p.add_argument(
+        "--observable-dtype", choices=["float32", "bfloat16"], default="float32",
+        help="bifrepro's observable forward precision (SGLDConfig.observable_dtype)",
+    )  # fmt: skip
     p.add_argument("--out", type=str, default=None, help="output folder (default results/language)")
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--child", choices=["bifrepro", "devinterp"], help=argparse.SUPPRESS)
@@ -105,7 +109,7 @@ def _run_bifrepro(model, sgld_ids, obs_ids, s: dict, args) -> tuple[torch.Tensor
         num_chains=args.chains, num_draws=args.draws, burn_in=args.burn_in, thinning=1,
         batch_size=args.batch_size, preconditioner=s["preconditioner"],
         rmsprop_alpha=s["rmsprop_alpha"], rmsprop_eps=s["rmsprop_eps"], seed=args.seed,
-        eval_batch_size=args.eval_batch_size,
+        eval_batch_size=args.eval_batch_size, observable_dtype=args.observable_dtype,
     )  # fmt: skip
     obs = torch.utils.data.TensorDataset(obs_ids)
     traces = sample_loss_traces(
@@ -196,6 +200,7 @@ def _launch(which: str, spec: Path, seed: int, args: argparse.Namespace, tmp: Pa
         "--seed", str(seed), "--result", str(result), "--chains", str(args.chains),
         "--draws", str(args.draws), "--burn-in", str(args.burn_in),
         "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
+        "--observable-dtype", args.observable_dtype,
     ]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     t0 = time.perf_counter()

@@ -7,8 +7,8 @@ model): :mod:`bifrepro.training.lm_setup`; per-token SGLD traces:
 (BIF and EK-FAC per token, BIF, EK-FAC and GradSim per sequence): :mod:`bifrepro.evaluation.
 token_links`; the poster's examples as PNGs and an HTML page: :mod:`bifrepro.plots.token_examples`.
 
-Outputs (``results/language/``): ``fig_<example>.png``, ``language_tokens.html``, ``benchmark.csv``,
-``benchmark_summary.csv``, ``per_query.csv``, ``metrics.json``; the same to MLflow.
+Outputs (``results/language/``): ``fig_<example>.png``, ``language_tokens.html``, ``benchmark*.csv``
+(with ``benchmark_ranking.csv``: which steps are resolved), ``per_query.csv``, ``metrics.json``.
 ``bench/bench_devinterp.py`` adds the comparison with devinterp (``make reproduce-language``).
 
 Run: ``python -m experiments.language experiment=language [key=value ...]``. Chains as separate
@@ -39,6 +39,7 @@ from bifrepro.evaluation.token_links import (
     baseline_rankings,
     baseline_scores,
     benchmark_metrics,
+    benchmark_ranking,
     benchmark_tables,
     bif_rankings,
     query_tokens,
@@ -173,11 +174,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(diag.to_metrics("chain/"))
         if exp.chain_job:  # only this job's chains, into the cache: no scores, no results
             return record_chain_job(tracker, sampler, str(traces_dir), metrics)
-        # every rule of bifrepro.sampling.health (trend, R-hat, ESS, distance, loss, trend share)
+        # every health rule, with the calibration's measured curvature and step-halving check
         thresholds = vc.calibration.thresholds
         evidence = report.health_evidence(sampler) if report is not None else {}
-        # d = traces.num_params; the calibration's measured curvature and step-halving check
-        health = assess_traces(traces, thresholds=thresholds, **evidence)
+        health = assess_traces(traces, thresholds=thresholds, **evidence)  # d: traces.num_params
         metrics.update(health.to_metrics("health/"))
         healthy = bool(diag.is_healthy) and health.is_healthy
         if not healthy:
@@ -234,8 +234,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["wall_seconds"] = time.perf_counter() - t_start
 
         # 5. results/ as one set, then MLflow
-        tables = {"benchmark.csv": table, "benchmark_summary.csv": overall}
-        tables["per_query.csv"] = per_query
+        tables = {"benchmark.csv": table, "benchmark_summary.csv": overall, "per_query.csv": per_query,
+                  "benchmark_ranking.csv": benchmark_ranking(per_query, seed=vc.seed)}  # fmt: skip
         summary = {
             "metrics": metrics,
             "chain_summary": diag.summary(),

@@ -218,3 +218,13 @@ def test_a_fresh_interpreter_imports_the_core_modules(statement):
         [sys.executable, "-c", statement], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_every_experiment_module_is_at_most_300_lines():
+    """Experiments orchestrate: logic that grows belongs in the library."""
+    long = {
+        p.name: n
+        for p in sorted((ROOT / "experiments").glob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 300
+    }
+    assert not long, f"experiment modules over 300 lines: {long}"

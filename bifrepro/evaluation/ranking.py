@@ -41,10 +41,11 @@ def resolved_ranking(
         higher_is_better: direction of ``value``.
 
     Returns:
-        One row per (group, method) in rank order: ``rank``, ``mean``, ``num_units``, then for the
-        step to the next method down ``next_method``, ``difference`` (this − next, over the units
-        both have), ``ci_low``, ``ci_high`` (paired percentile bootstrap) and ``resolved``
-        (interval excludes 0; False for the last method), and ``tier`` (1 + resolved steps above).
+        One row per (group, method) in rank order: ``rank``, the ``method`` column, ``mean``,
+        ``num_units``, ``tier`` (1 + resolved steps above), then for the step to the next method
+        down ``next_method``, ``difference`` (this − next, over the units both have), ``ci_low``,
+        ``ci_high`` (paired percentile bootstrap) and ``resolved`` (the interval excludes 0;
+        False for the last method).
 
     Raises:
         KeyError: a named column is missing.
@@ -63,9 +64,8 @@ def resolved_ranking(
         tier = 1
         for i, name in enumerate(order):
             row: dict[str, object] = dict(zip(by, key, strict=True))
+            row.update({"rank": i + 1, method: name})
             row.update(
-                rank=i + 1,
-                method=name,
                 mean=float(means[name]),
                 num_units=int(wide[name].notna().sum()),
                 tier=tier,

@@ -27,6 +27,7 @@ from bifrepro.attribution.ekfac import EKFACAttributor
 from bifrepro.attribution.gradsim import GradSimAttributor
 from bifrepro.attribution.token_bif import TokenBIF
 from bifrepro.data.text import CATEGORY_LEVEL, POSTER_EXAMPLES, TokenizedSequences, concept_category
+from bifrepro.evaluation.ranking import resolved_ranking
 from bifrepro.evaluation.token_metrics import (
     FORMS,
     SCOPES,
@@ -49,6 +50,7 @@ __all__ = [
     "baseline_scores",
     "bif_rankings",
     "baseline_rankings",
+    "benchmark_ranking",
     "benchmark_tables",
     "benchmark_metrics",
 ]
@@ -270,6 +272,27 @@ def benchmark_tables(results: Rankings, qts: list[QueryToken]) -> tuple[pd.DataF
         | per_query
     )
     return table, pq
+
+
+def benchmark_ranking(
+    per_query: pd.DataFrame, num_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Arms (``<method>/<level>``) ranked by mean reciprocal rank per scope, form and category,
+    each step resolved or not by a paired bootstrap over the queries
+    (:func:`bifrepro.evaluation.ranking.resolved_ranking`)."""
+    cats = [concept_category(c) for c in per_query["concept"]]
+    rows = []
+    for col in (c for c in per_query.columns if c.startswith("rr_")):
+        method, level, scope, form = col[3:].split("_", 3)
+        for q, (rr, cat) in enumerate(zip(per_query[col], cats, strict=True)):
+            for category in ("all", cat):
+                rows.append({"arm": f"{method}/{level}", "scope": scope, "form": form,
+                             "category": category, "query": q, "rr": rr})  # fmt: skip
+    return resolved_ranking(
+        pd.DataFrame(rows), method="arm", value="rr", unit="query",
+        by=["scope", "form", "category"], num_bootstrap=num_bootstrap, confidence=confidence,
+        seed=seed,
+    )  # fmt: skip
 
 
 def benchmark_metrics(table: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, float]:

@@ -56,3 +56,23 @@ def test_lower_is_better_groups_and_missing_columns() -> None:
     assert list(r["method"]) == ["p", "q", "p", "q"] and bool(r.iloc[0]["resolved"])
     with pytest.raises(KeyError, match="seed"):
         resolved_ranking(df, method="method", value="lds", unit="query", by=["seed"])
+
+
+def test_language_benchmark_ranking_per_category() -> None:
+    """Token-link arms ranked by reciprocal rank per scope, form and category, paired over queries."""
+    from bifrepro.evaluation.token_links import benchmark_ranking
+
+    n = 60
+    rng = np.random.default_rng(0)
+    per_query = pd.DataFrame(
+        {
+            "concept": ["num:3"] * (n // 2) + ["country:brazil"] * (n // 2),
+            "rr_bif_token_all_any": np.clip(0.8 + rng.normal(0, 0.05, n), 0, 1),
+            "rr_ekfac_token_all_any": np.clip(0.3 + rng.normal(0, 0.05, n), 0, 1),
+        }
+    )
+    out = benchmark_ranking(per_query, num_bootstrap=500)
+    assert set(out["category"]) >= {"all"} and len(set(out["category"])) == 3
+    top = out[(out["category"] == "all") & (out["rank"] == 1)].iloc[0]
+    assert top["arm"] == "bif/token" and bool(top["resolved"])
+    assert set(out["scope"]) == {"all"} and set(out["form"]) == {"any"}
