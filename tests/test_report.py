@@ -136,6 +136,64 @@ def test_lds_block_marks_only_differences_whose_ci_excludes_zero(tmp_path: Path)
     assert "α = 0.1: +0.04 [-0.01, 0.09]" in text and text.count("(resolved)") == 1
 
 
+def test_lds_block_names_the_dataset_and_reports_bifs_seeds(tmp_path: Path) -> None:
+    """New-style results: the dataset line, only each method's main arm in the table, and BIF's
+    sampler seeds (each, mean ± sd, averaged scores) below it."""
+    import json
+
+    from bifrepro.report import lds_block
+
+    folder = tmp_path / "lds"
+    folder.mkdir()
+    base = {"subset_size": 50, "num_queries": 100, "num_subsets": 40, "num_seeds": 3}
+    row = {"alpha": 0.05, "ci_low": 0.3, "ci_high": 0.5, **base}
+    pd.DataFrame(
+        [
+            {**row, "method": "BIF (cov)", "variant": "bif_covariance", "arm": "main", "lds": 0.4},
+            {**row, "method": "BIF (cov) seed 0", "variant": "x", "arm": "seed", "lds": 0.35},
+            {**row, "method": "EK-FAC", "variant": "ekfac", "arm": "main", "lds": 0.3},
+        ]
+    ).to_csv(folder / "lds.csv", index=False)
+    diff = {"alpha": 0.05, "lds_difference": 0.05, "ci_low": -0.01, "ci_high": 0.1}
+    pd.DataFrame([{**diff, "method": "BIF (cov) seed 0"}]).to_csv(
+        folder / "lds_paired_vs_ekfac.csv", index=False
+    )
+    pd.DataFrame(
+        [
+            {"alpha": 0.05, "rank": 1, "method": "BIF (cov)", "resolved": False},
+            {"alpha": 0.05, "rank": 2, "method": "EK-FAC", "resolved": False},
+        ]
+    ).to_csv(folder / "lds_ranking.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "variant": "bif_covariance",
+                "method": "BIF (cov)",
+                "alpha": 0.05,
+                "num_seeds": 2,
+                "lds_seed0": 0.35,
+                "lds_seed1": 0.39,
+                "seed_mean": 0.37,
+                "seed_std": 0.028,
+                "seed_min": 0.35,
+                "seed_max": 0.39,
+                "averaged_scores_lds": 0.4,
+                "averaged_scores_ci_low": 0.3,
+                "averaged_scores_ci_high": 0.5,
+            }
+        ]  # fmt: skip
+    ).to_csv(folder / "lds_bif_seeds.csv", index=False)
+    saved = {"dataset": "fashion_mnist", "n_train": 1000, "n_query": 100, "bif_seeds": [0, 1]}
+    (folder / "metrics.json").write_text(json.dumps({**saved, "trak_num_checkpoints": 5}))
+    text = lds_block(tmp_path)
+    assert text.startswith("Dataset: fashion_mnist (n = 1,000 training images; q = 100 queries")
+    assert "BIF over 2 sampler seeds" in text and "TRAK over 5 models" in text
+    assert "| α | BIF (cov) | EK-FAC |" in text  # the seed arm is not a table column
+    assert "- BIF (cov), α = 0.05: seeds 0.35, 0.39; 0.37 ± 0.03; averaged scores 0.40" in text
+    assert "- BIF (cov) seed 0 − EK-FAC: α = 0.05: +0.05 [-0.01, 0.10]" in text
+    assert "- α = 0.05: BIF (cov) ≈ EK-FAC" in text
+
+
 def test_the_reported_auto_sampler_is_the_configured_one(hydra_compose) -> None:
     """The README's sentence about `sampler=auto` names the preconditioner the config uses."""
     from bifrepro.report import _AUTO_PRECONDITIONER

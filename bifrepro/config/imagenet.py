@@ -32,6 +32,7 @@ from bifrepro.models.vision import (
 )
 
 __all__ = [
+    "DEFAULT_STANDIN",
     "GALLERY_METHODS",
     "ImageNetExperimentConfig",
     "SCHEMAS",
@@ -41,8 +42,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Methods of the gallery experiment (bif and ekfac always run).
-GALLERY_METHODS = ("bif", "ekfac", "trak", "gradsim")
+#: Methods of the gallery experiment (bif and ekfac always run). ``bif_cov`` (BIF by covariance,
+#: from BIF's traces) and ``ekfac_relatif`` (EK-FAC / sqrt(self-influence), from EK-FAC's fit)
+#: are derived arms without a settings node of their own.
+GALLERY_METHODS = ("bif", "bif_cov", "ekfac", "ekfac_relatif", "trak", "gradsim")
+#: Dataset of the stand-in that ``make reproduce-imagenet`` runs by default (the folder
+#: results/imagenet/<this>/ the README's vision block reads; MNIST-5k when it fell back).
+DEFAULT_STANDIN = "fashion_mnist"
 
 
 def check_methods(methods: list[str], key: str, bad: Callable[[str, str], None]) -> None:
@@ -78,6 +84,10 @@ class ImageNetExperimentConfig:
     #: Confidence level and bootstrap resamples.
     confidence: float = 0.95
     n_boot: int = 2000
+    #: BIF runs with this many sampler seeds (sampler.seed, sampler.seed + 1, ...); the headline
+    #: arms and the galleries use the first (sampler.seed), bif_seeds.csv lists every seed's
+    #: label agreement and their spread. The stand-in sets 3 (standin.experiment).
+    bif_seeds: int = 1
     #: EK-FAC tracks only the last this many Linear/Conv2d layers in the model's definition order
     #: (0: all). ImageNet path only; the stand-in always tracks every layer.
     ekfac_last_layers: int = 0
@@ -105,6 +115,10 @@ class ImageNetExperimentConfig:
         check_methods(self.methods, "methods", bad)
         if self.normalize not in ("correlation", "covariance"):
             bad("normalize", "must be 'correlation' or 'covariance'")
+        if "bif_cov" in self.methods and self.normalize != "correlation":
+            bad("normalize", "must be 'correlation' when methods include bif_cov")
+        if not isinstance(self.bif_seeds, int) or self.bif_seeds < 1:
+            bad("bif_seeds", "must be an integer >= 1")
         if self.measurement not in ("loss", "margin"):
             bad("measurement", "must be 'loss' or 'margin'")
         if not isinstance(self.gallery_k, int) or self.gallery_k < 1:
@@ -179,6 +193,16 @@ def choose_imagenet_path(cfg: DictConfig) -> tuple[DictConfig, bool]:
             del out[key]
             out[key] = copy.deepcopy(standin[key])
         out.experiment.methods = list(standin.methods)
+    # the stand-in's own experiment fields (e.g. bif_seeds) and method settings (e.g. TRAK's
+    # checkpoints), merged into the structured nodes so they are validated like any override
+    try:
+        if standin.get("experiment"):
+            out.experiment = OmegaConf.merge(out.experiment, standin.experiment)
+        if standin.get("method_settings"):
+            with open_dict(out):
+                out.methods = OmegaConf.merge(out.methods, standin.method_settings)
+    except (ValueError, KeyError, AttributeError) as err:  # omegaconf errors: name the node
+        raise ConfigError(f"standin: {err}") from None
     return out, True
 
 

@@ -12,6 +12,10 @@ share the query's class more often than EK-FAC's. Measured over many queries:
 * **chance level**: the expected agreement of a random ranking, i.e. the fraction of the training
   pool that shares the query's class, averaged over queries.
 * **overlap@k** of two methods for a query: ``|top-k(A) ∩ top-k(B)| / k``.
+* **within confusable groups** (:func:`group_agreement`, :func:`group_agreement_table`): for
+  queries whose class belongs to a group of look-alike classes (e.g. Fashion-MNIST's shirt,
+  T-shirt, pullover, coat), the share of the top-k with the *exact* class, and the share in the
+  same group but of another class (the look-alike confusions a method makes).
 
 Scores are ``[n_query, n_train]`` tensors as everywhere in bifrepro.
 """
@@ -40,7 +44,13 @@ __all__ = [
     "mean_with_ci",
     "agreement_table",
     "overlap_table",
+    "ALL_GROUPS",
+    "group_agreement",
+    "group_agreement_table",
 ]
+
+#: Name of the rows of :func:`group_agreement_table` that pool the queries of every group.
+ALL_GROUPS = "all groups"
 
 #: ``"helpful"`` ranks the largest scores first, ``"harmful"`` the most negative first.
 DIRECTIONS = ("helpful", "harmful")
@@ -261,4 +271,102 @@ def overlap_table(
                         "n_queries": ci.n,
                     }
                 )
+    return pd.DataFrame(rows)
+
+
+def _group_of(labels: torch.Tensor, groups: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """Index of each label's group in ``groups`` (order of the mapping), -1 for none."""
+    out = torch.full_like(labels, -1)
+    seen: set[int] = set()
+    for g, members in enumerate(groups.values()):
+        members = [int(c) for c in members]
+        if seen & set(members):
+            raise ValueError(f"groups overlap: class(es) {sorted(seen & set(members))} twice")
+        seen |= set(members)
+        out[torch.isin(labels, torch.tensor(members, dtype=labels.dtype))] = g
+    return out
+
+
+def group_agreement(
+    scores: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_labels: torch.Tensor,
+    k: int,
+    groups: Mapping[str, Sequence[int]],
+    direction: str = "helpful",
+) -> dict[str, torch.Tensor]:
+    """Per-query top-k shares for queries in a group of look-alike classes.
+
+    Returns ``exact`` (share of the top-k with the query's exact class), ``group_other`` (share in
+    the query's group but of another class) and ``group`` (index of the query's group in
+    ``groups``, -1 when its class is in none; the two shares are NaN for those queries), each
+    ``[n_query]``.
+    """
+    train_labels = torch.as_tensor(train_labels).long().cpu()
+    query_labels = torch.as_tensor(query_labels).long().cpu()
+    exact = label_agreement(scores, train_labels, query_labels, k, direction)
+    top = topk_indices(scores.cpu(), k, direction)
+    q_group = _group_of(query_labels, groups)
+    t_group = _group_of(train_labels, groups)[top]  # [n_query, k]
+    other = (t_group == q_group[:, None]) & (train_labels[top] != query_labels[:, None])
+    other = other.double().mean(dim=1)
+    outside = q_group < 0
+    exact, other = exact.clone(), other.clone()
+    exact[outside] = math.nan
+    other[outside] = math.nan
+    return {"exact": exact, "group_other": other, "group": q_group}
+
+
+def group_agreement_table(
+    scores: Mapping[str, torch.Tensor],
+    train_labels: torch.Tensor,
+    query_labels: torch.Tensor,
+    groups: Mapping[str, Sequence[int]],
+    ks: Sequence[int] = (1, 3, 10),
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Most-helpful top-k shares within the confusable groups, with bootstrap CIs over queries.
+
+    One row per (method, group, k, metric) with ``group`` a name of ``groups`` or
+    :data:`ALL_GROUPS` (every query in some group) and ``metric`` ``"exact"`` or
+    ``"group_other"`` (see :func:`group_agreement`). Columns: ``method, group, k, metric, value,
+    ci_low, ci_high, n_queries, chance`` (``chance``: the pool's share of that kind for a random
+    ranking, averaged over the group's queries). Empty when no query is in a group.
+    """
+    train_labels = torch.as_tensor(train_labels).long().cpu()
+    query_labels = torch.as_tensor(query_labels).long().cpu()
+    q_group = _group_of(query_labels, groups)
+    t_group = _group_of(train_labels, groups)
+    same = train_labels[None, :] == query_labels[:, None]
+    in_group = (t_group[None, :] == q_group[:, None]) & (q_group[:, None] >= 0)
+    chance = {
+        "exact": same.double().mean(dim=1),
+        "group_other": (in_group & ~same).double().mean(dim=1),
+    }
+    subsets = [(ALL_GROUPS, q_group >= 0)] + [(name, q_group == g) for g, name in enumerate(groups)]
+    rows = []
+    for name, s in scores.items():
+        for k in ks:
+            per_query = group_agreement(s, train_labels, query_labels, k, groups)
+            for group, mask in subsets:
+                if not bool(mask.any()):
+                    continue
+                for metric in ("exact", "group_other"):
+                    ci = mean_with_ci(per_query[metric][mask], confidence, "bootstrap", k,
+                                      n_boot, seed)  # fmt: skip
+                    rows.append(
+                        {
+                            "method": name,
+                            "group": group,
+                            "k": int(k),
+                            "metric": metric,
+                            "value": ci.mean,
+                            "ci_low": ci.low,
+                            "ci_high": ci.high,
+                            "n_queries": ci.n,
+                            "chance": float(chance[metric][mask].mean()),
+                        }
+                    )
     return pd.DataFrame(rows)

@@ -54,7 +54,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Display names of the methods (and keys of the house colours).
-DISPLAY_NAMES = {"bif": "BIF", "ekfac": "EK-FAC", "trak": "TRAK", "gradsim": "GradSim"}
+DISPLAY_NAMES = {
+    "bif": "BIF",
+    "bif_cov": "BIF (cov)",
+    "ekfac": "EK-FAC",
+    "ekfac_relatif": "EK-FAC (RelatIF)",
+    "trak": "TRAK",
+    "gradsim": "GradSim",
+}
 _STANDIN_NAMES = {
     "mnist5k": "MNIST-5k",
     "digits": "sklearn digits",
@@ -73,6 +80,8 @@ class MethodResult:
     metrics: dict[str, float] = field(default_factory=dict)
     #: Extra per-query columns of per_query.csv (e.g. how much of BIF's top-k is resolved).
     per_query: dict[str, list[float]] = field(default_factory=dict)
+    #: Scores of the same run by other estimators (BIF: ``{"covariance": ...}``, same traces).
+    alternatives: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def load_gallery_inputs(
@@ -134,8 +143,12 @@ def run_gallery_bif(
     traces_dir: Path | None = None,
     progress: bool | None = None,
     evidence: dict[str, Any] | None = None,
+    alternatives: tuple[str, ...] = (),
 ) -> tuple[MethodResult, RunHealth]:
     """BIF of every query against the pool, with chain health and score uncertainty.
+
+    ``alternatives``: further estimators (e.g. ``("covariance",)``) scored from the same traces,
+    returned in :attr:`MethodResult.alternatives`.
 
     ``evidence``: what a calibration measured for this sampler
     (:meth:`~bifrepro.sampling.CalibrationReport.health_evidence`), judged with the traces.
@@ -174,7 +187,8 @@ def run_gallery_bif(
         "BIF: %.1f s; %s; median score s.e. %.3g, %.0f%% of the top-%d resolved",
         seconds, health.summary, metrics["bif/score_se_median"], 100 * resolved.mean(), gallery_k,
     )  # fmt: skip
-    return MethodResult(scores.cpu(), seconds, note, metrics, per_query), health
+    others = {n: run.scores(n).cpu() for n in alternatives}
+    return MethodResult(scores.cpu(), seconds, note, metrics, per_query, others), health
 
 
 def run_attributor(
@@ -184,12 +198,14 @@ def run_attributor(
     task: ClassificationTask,
     pool: InfluencePool,
     note: str = "",
+    checkpoints: list[dict[str, torch.Tensor]] | None = None,
 ) -> MethodResult:
-    """Scores of one registry method (``settings``: its config dataclass) on the pool."""
+    """Scores of one registry method (``settings``: its config dataclass) on the pool;
+    ``checkpoints``: further state dicts for methods that ensemble (TRAK)."""
     attributor = build_attributor(settings)
     root_level = logging.getLogger().level
     try:
-        attributor.fit(model, task, pool.pool)
+        attributor.fit(model, task, pool.pool, checkpoints=checkpoints)
         scores = attributor.score(pool.queries)
     finally:
         # kronfluence's Analyzer sets the *root* logger's level (to WARNING here), which would
@@ -281,5 +297,10 @@ def summary_metrics(
 def dataset_title(pool: InfluencePool, standin: bool) -> str:
     """``"ImageNet"``, or which stand-in ran (every figure names its dataset)."""
     if standin:
-        return f"Stand-in for ImageNet: {_STANDIN_NAMES.get(pool.name, pool.name)}"
+        name = _STANDIN_NAMES.get(pool.name, pool.name)
+        if pool.info.get("fallback"):
+            name += (
+                f" (fallback: {_STANDIN_NAMES.get(pool.info['requested'], 'requested')} missing)"
+            )
+        return f"Stand-in for ImageNet: {name}"
     return "ImageNet"

@@ -27,6 +27,12 @@ __all__ = ["GalleryMethod", "plot_gallery", "plot_agreement", "format_value", "g
 
 MATCH_COLOR = "#1a7f37"
 MISMATCH_COLOR = "#c62828"
+#: Colours of the display names the house palette lacks (lighter shades of their parent's).
+_EXTRA_COLORS = {"BIF (cov)": "#6baed6", "EK-FAC (RelatIF)": "#98df8a"}
+
+
+def _color(name: str) -> str | None:
+    return ESTIMATOR_COLORS.get(name, _EXTRA_COLORS.get(name))
 
 
 @dataclass
@@ -133,7 +139,7 @@ def plot_gallery(
             sub.suptitle(
                 header + (f"\n{m.subtitle}" if m.subtitle else "\n"),
                 fontsize=9,
-                color=ESTIMATOR_COLORS.get(m.name, "#222222"),
+                color=_color(m.name) or "#222222",
                 fontweight="bold",
             )
             axes = sub.subplots(n_rows, k, squeeze=False)
@@ -153,46 +159,62 @@ def plot_gallery(
     return fig
 
 
-def plot_agreement(table: pd.DataFrame, title: str = "") -> Figure:
-    """Bar chart of top-k label agreement with CIs, most helpful and most harmful side by side.
+def _bars(ax, rows_by_method: dict, ks: list[int], value: str, **kwargs) -> None:  # noqa: ANN001
+    """Grouped bars (one group per k, one bar per method) with CI error bars."""
+    methods = list(rows_by_method)
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        rows = rows_by_method[m].set_index("k").reindex(ks)
+        x = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(ks))]
+        err = [
+            (rows[value] - rows.ci_low).clip(lower=0).to_numpy(),
+            (rows.ci_high - rows[value]).clip(lower=0).to_numpy(),
+        ]
+        ax.bar(x, rows[value].to_numpy(), width=width, yerr=err, capsize=2, label=m,
+               color=_color(m), **kwargs)  # fmt: skip
+    ax.set_xticks(range(len(ks)), [f"top-{k}" for k in ks])
+    ax.set_ylim(0, 1.05)
+
+
+def plot_agreement(
+    table: pd.DataFrame, title: str = "", groups: pd.DataFrame | None = None
+) -> Figure:
+    """Bar chart of top-k label agreement with CIs: most helpful and most harmful, and with
+    ``groups`` (:func:`~bifrepro.evaluation.agreement.group_agreement_table`, pooled rows) the
+    exact-class share for queries in a confusable group.
 
     ``table`` is :func:`bifrepro.evaluation.agreement.agreement_table`'s output (``method`` may
-    hold display names). The dashed line is the chance level (a random ranking).
+    hold display names). Dashed lines: the chance level (a random ranking). The legend sits
+    below the panels, never on the bars.
     """
     directions = [d for d in ("helpful", "harmful") if d in set(table.direction)]
     methods = list(dict.fromkeys(table.method))
     ks = sorted(set(table.k))
-    width = 0.8 / max(1, len(methods))
+    pooled = None
+    if groups is not None and not groups.empty:
+        pooled = groups[(groups.group == groups.group.iloc[0]) & (groups.metric == "exact")]
+    n_panels = len(directions) + (pooled is not None)
     with house_style():
-        fig, axes = new_figure(1, len(directions), width=3.4 * len(directions) + 0.6, height=3.0)
-        for ax, direction in zip(axes[0], directions, strict=True):
+        fig, axes = new_figure(1, n_panels, width=3.4 * n_panels + 0.6, height=3.2)
+        for ax, direction in zip(axes[0], directions, strict=False):
             sub = table[table.direction == direction]
-            for i, m in enumerate(methods):
-                rows = sub[sub.method == m].set_index("k").reindex(ks)
-                x = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(ks))]
-                err = [
-                    (rows.agreement - rows.ci_low).clip(lower=0).to_numpy(),
-                    (rows.ci_high - rows.agreement).clip(lower=0).to_numpy(),
-                ]
-                ax.bar(
-                    x,
-                    rows.agreement.to_numpy(),
-                    width=width,
-                    yerr=err,
-                    capsize=2,
-                    label=m,
-                    color=ESTIMATOR_COLORS.get(m),
-                )
+            _bars(ax, {m: sub[sub.method == m] for m in methods}, ks, "agreement")
             chance = float(sub.chance.iloc[0])
             ax.axhline(chance, color="#555555", ls="--", lw=1.0, label="chance")
-            ax.set_xticks(range(len(ks)), [f"top-{k}" for k in ks])
-            ax.set_ylim(0, 1)
             ax.set_ylabel("label agreement with the query")
             n = int(sub.n_queries.iloc[0])
             ci = f"{round(100 * float(sub.confidence.iloc[0]))}% CI"
             ax.set_title(f"most {direction} ({n} queries, {ci})")
+        if pooled is not None:
+            ax = axes[0][-1]
+            _bars(ax, {m: pooled[pooled.method == m] for m in methods}, ks, "value")
+            ax.axhline(float(pooled.chance.iloc[0]), color="#555555", ls="--", lw=1.0)
+            ax.set_ylabel("share of the top-k with the exact class")
+            n = int(pooled.n_queries.iloc[0])
+            ax.set_title(f"most helpful, queries in a look-alike group ({n})")
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
+                   frameon=False)  # fmt: skip
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
@@ -207,9 +229,12 @@ def gallery_figures(
     gallery_k: int,
     confidence: float,
     title: str,
+    groups: pd.DataFrame | None = None,
 ) -> dict[str, Figure]:
     """The gallery experiment's figures, keyed by file name: the helpful and harmful galleries
-    (BIF beside EK-FAC, with their mean label agreement in the title) and the agreement plot."""
+    (BIF beside EK-FAC, and EK-FAC (RelatIF) when it ran, with their mean label agreement in the
+    title; the title names the dataset that ran) and the agreement plot (with ``groups``, the
+    within-group panel)."""
     gallery_methods = [
         GalleryMethod(
             "BIF",
@@ -219,13 +244,17 @@ def gallery_figures(
         ),
         GalleryMethod("EK-FAC", results["ekfac"].scores, "Score", results["ekfac"].note),
     ]
+    if "ekfac_relatif" in results:
+        r = results["ekfac_relatif"]
+        gallery_methods.append(GalleryMethod("EK-FAC (RelatIF)", r.scores, "Rel", r.note))
+    shown = ("bif", "ekfac", "ekfac_relatif")
     figures = {}
     for direction in ("helpful", "harmful"):
         sub = table[(table.direction == direction) & (table.k == gallery_k)]
         agree = ", ".join(
             f"{DISPLAY_NAMES[r.method]} {r.agreement:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
             for r in sub.itertuples()
-            if r.method in ("bif", "ekfac")
+            if r.method in shown
         )
         what = "Most helpful" if direction == "helpful" else "Most harmful (most negative)"
         full = (
@@ -250,5 +279,6 @@ def gallery_figures(
     figures["label_agreement.png"] = plot_agreement(
         table.assign(method=table.method.map(names)),
         title=f"Top-k label agreement · {title}",
+        groups=None if groups is None else groups.assign(method=groups.method.map(names)),
     )
     return figures

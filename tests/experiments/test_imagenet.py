@@ -13,7 +13,10 @@ import torch
 
 import experiments.imagenet as imagenet
 from bifrepro.config import ConfigError
+from bifrepro.config.imagenet import DEFAULT_STANDIN
+from bifrepro.data.fashion_mnist import raw_folder
 from bifrepro.data.imagenet import IMAGENET_ROOT_ENV, ImageNetRootError
+from tests.data.test_fashion_mnist import write_fake
 from tests.data.test_imagenet import make_image_folder
 
 FIGURES = ("gallery_helpful.png", "gallery_harmful.png", "label_agreement.png")
@@ -21,6 +24,8 @@ TABLES = ("label_agreement.csv", "topk_overlap.csv", "per_query.csv", "metrics.j
 #: The stand-in at toy size: sklearn digits, 10 pool images and 3 queries per class.
 TINY_STANDIN = [
     "experiment=imagenet",
+    "data@standin.data=imagenet_standin",
+    "standin.experiment.bif_seeds=1",
     "standin.data.name=digits",
     "standin.data.test_per_class=5",
     "standin.data.pool_per_class=10",
@@ -36,6 +41,26 @@ TINY_STANDIN = [
     "standin.sampler.burn_in=10",
     "experiment.n_boot=200",
 ]
+#: The default stand-in (Fashion-MNIST) at toy size, every arm, 2 BIF seeds, 2 TRAK checkpoints.
+TINY_FASHION = [
+    "experiment=imagenet",
+    "standin.data.train_per_class=20",
+    "standin.data.test_per_class=6",
+    "standin.data.pool_per_class=8",
+    "standin.data.queries_per_class=6",
+    "standin.model.width=4",
+    "standin.model.hidden=16",
+    "standin.model.pool_size=2",
+    "standin.model.epochs=3",
+    "standin.experiment.bif_seeds=2",
+    "standin.method_settings.trak.num_checkpoints=2",
+    "methods.trak.proj_dim=128",
+    "standin.sampler.num_chains=2",
+    "standin.sampler.num_draws=20",
+    "standin.sampler.burn_in=5",
+    "experiment.n_boot=200",
+]
+ARMS = ["bif", "bif_cov", "ekfac", "ekfac_relatif", "trak", "gradsim"]
 #: The ImageNet path at toy size: random GoogLeNet, 32x32 crops, 3 classes.
 TINY_REAL = [
     "experiment=imagenet_real",
@@ -130,6 +155,67 @@ def test_standin_run_says_so_and_writes_everything(
     assert figs == {f"figures/{f}" for f in FIGURES}
 
 
+def test_default_standin_is_fashion_mnist_with_every_arm_and_group_metrics(
+    hydra_compose, tmp_path, no_imagenet
+) -> None:
+    root = tmp_path / "data"
+    write_fake(raw_folder(root), marker=1, gz=False, per_class=(20, 6))
+    where = [f"standin.data.root={root}", f"standin.data.debian_dir={tmp_path / 'none'}"]
+    cfg = hydra_compose(
+        [*TINY_FASHION, *where, f"results_dir={tmp_path}", "tracking.enabled=false"]
+    )
+    assert cfg.standin.data.name == DEFAULT_STANDIN == "fashion_mnist"
+    assert list(cfg.standin.methods) == ARMS
+    metrics = imagenet.run(cfg)
+    out = tmp_path / "imagenet" / "fashion_mnist"
+    for name in FIGURES + TABLES + ("group_agreement.csv", "group_agreement_ranking.csv"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "Fashion-MNIST" in saved["title"] and saved["dataset"] == "fashion_mnist"
+    table = pd.read_csv(out / "label_agreement.csv")
+    assert list(dict.fromkeys(table.method)) == ARMS and metrics["n_queries"] == 60
+    # within the look-alike groups: tops (4 classes) and footwear (3) -> 7 of 10 classes
+    assert metrics["n_group_queries"] == 42
+    groups = pd.read_csv(out / "group_agreement.csv")
+    assert set(groups.group) == {"all groups", "tops", "footwear"}
+    assert set(groups.metric) == {"exact", "group_other"} and set(groups.method) == set(ARMS)
+    pooled = groups[(groups.group == "all groups") & (groups.k == 3)]
+    assert (pooled.n_queries == 42).all()
+    ranking = pd.read_csv(out / "group_agreement_ranking.csv")
+    assert set(ranking.k) == {1, 3, 10} and sorted(ranking["rank"].unique()) == list(range(1, 7))
+    # both BIF estimators from the same traces: same seconds, different scores' agreement rows
+    assert metrics["bif_cov/seconds"] == metrics["bif/seconds"]
+    seeds = pd.read_csv(out / "bif_seeds.csv")
+    assert set(seeds.sampler_seed) == {0, 1} and set(seeds.method) == {"bif", "bif_cov"}
+    first = seeds[(seeds.method == "bif") & (seeds.k == 3) & (seeds.sampler_seed == 0)]
+    assert float(first.agreement.iloc[0]) == pytest.approx(metrics["bif/agreement_top3"])
+    assert (seeds.spread >= 0).all()
+    assert metrics["bif/num_seeds"] == 2 and "bif/seed_spread_agreement_top3" in metrics
+    assert metrics["ekfac_relatif/self_influence_seconds"] > 0
+    # TRAK ensembled the analysed CNN with one more trained from scratch (cached)
+    assert list((tmp_path / "cache" / "imagenet").glob("small_cnn_fashion_mnist_trak_*.pt"))
+
+
+def test_missing_fashion_mnist_falls_back_to_mnist5k_and_says_so(
+    hydra_compose, tmp_path, no_imagenet, caplog
+) -> None:
+    where = [f"standin.data.root={tmp_path / 'no'}", f"standin.data.debian_dir={tmp_path / 'no'}"]
+    small = ["standin.methods=[bif,ekfac]", "standin.experiment.bif_seeds=1"]
+    cfg = hydra_compose(
+        [*TINY_FASHION, *where, *small, f"results_dir={tmp_path}", "tracking.enabled=false"]
+    )
+    with caplog.at_level(logging.WARNING):
+        imagenet.run(cfg)
+    assert "MNIST-5k instead" in caplog.text
+    assert not (tmp_path / "imagenet" / "fashion_mnist").exists()
+    out = tmp_path / "imagenet" / "mnist5k"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"] == "mnist5k" and saved["requested_dataset"] == "fashion_mnist"
+    assert "MNIST-5k (fallback" in saved["title"]
+    assert set(pd.read_csv(out / "label_agreement.csv").dataset) == {"mnist5k"}
+    assert not (out / "group_agreement.csv").exists()  # digits have no look-alike groups
+
+
 def test_imagenet_path_on_a_tiny_image_folder(
     hydra_compose, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,7 +299,7 @@ def test_a_diverged_sampler_fails_the_run_and_keeps_the_old_results(
     def diverge(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise SamplerDivergedError("chain 0 diverged at step 3")
 
-    monkeypatch.setattr(imagenet, "run_gallery_bif", diverge)
+    monkeypatch.setattr(imagenet, "bif_arms", diverge)
     out = tmp_path / "imagenet" / "digits"
     out.mkdir(parents=True)
     (out / "metrics.json").write_text('{"old": true}')
