@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
         reproduce-toy sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
-        reproduce-lds reproduce-compute reproduce-stagewise sweep-stagewise
+        reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise sweep-stagewise
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,14 +82,18 @@ reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster ex
 	$(PY) -m experiments.language experiment=language
 	$(PY) bench/bench_devinterp.py
 
-reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the MNIST-5k stand-in
+reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
 	$(PY) -m experiments.imagenet experiment=imagenet
 
 reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on MNIST-5k (~10 min on 2 cores)
 	$(PY) -m experiments.lds experiment=lds
 
-reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache)
+reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache); then the LM family
 	$(PY) -m experiments.compute experiment=compute
+	$(PY) -m experiments.compute_lm experiment=compute_lm
+
+reproduce-compute-lm: $(STAMP)  ## BIF vs EK-FAC across a family of causal LMs (0.15M-7.3M params): cost models, crossover, Pythia extrapolation
+	$(PY) -m experiments.compute_lm experiment=compute_lm
 
 reproduce-stagewise: $(STAMP)  ## Stagewise influence in an LM: per-token BIF across training checkpoints, induction stage (~15 min)
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm
