@@ -101,6 +101,27 @@ def _class_dict(ci: ClassInfluence) -> dict[str, Any]:
     }
 
 
+def draw_mean_loss(train: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[C, D]`` mean token loss of the observed training sequences on each draw: the posterior's
+    loss rise, partialled out of the class influence (``class_partial``)."""
+    return (train.double() * _token_weights(mask)).sum(-1).mean(-1)
+
+
+def _add_class_influence(
+    result: dict[str, Any], q: torch.Tensor, t: torch.Tensor, data: StagewiseData, settings: Any
+) -> None:
+    """Class x class influence: correlation, covariance and the partial correlation given the
+    per-draw mean loss (:func:`draw_mean_loss`), with block standard errors."""
+    blocks = min(settings.se_blocks_per_chain, max(q.shape[1] // 2, 1))
+    control = draw_mean_loss(t, data.observed_mask)
+    for est in ("correlation", "covariance", "partial"):
+        ci = class_influence(
+            q, t, data.query_classes, data.observed_classes, len(TOKEN_CLASSES), normalize=est,
+            blocks_per_chain=blocks, control=control if est == "partial" else None,
+        )  # fmt: skip
+        result[f"class_{est}"] = _class_dict(ci)
+
+
 def _mean_token_loss(losses: torch.Tensor, mask: torch.Tensor) -> float:
     return float((losses.double() * _token_weights(mask)).sum(1).mean())
 
@@ -110,9 +131,19 @@ def _reuse(
     checkpoints: LMCheckpoints,
     sampler: SGLDConfig,
     thresholds: HealthThresholds | None,
+    data: StagewiseData | None = None,
+    settings: Any = None,
 ) -> dict[str, Any]:
-    """The saved result; one from before the health rules gets them from its traces, unsampled."""
+    """The saved result; one from before the health rules (or the partial correlation) gets them
+    from its traces, unsampled."""
     result = load_result(path)
+    if "class_partial" not in result and data is not None:
+        log.info(
+            "checkpoint %s: adding the partial class influence from its traces", result["label"]
+        )
+        traces = LossTraces.load(path.parent / "traces")
+        _add_class_influence(result, traces["query"], traces["train"], data, settings)
+        atomic_torch_save(result, path)
     if "health" not in result:
         label = result["label"]
         log.info("checkpoint %s: adding the chain-health rules from its traces", label)
@@ -145,7 +176,7 @@ def run_checkpoint(
     """
     if path.exists() and not overwrite:
         log.info("checkpoint %s: result exists (%s); reusing it", label, path)
-        return _reuse(path, checkpoints, sampler, thresholds)
+        return _reuse(path, checkpoints, sampler, thresholds, data, settings)
     t0 = time.perf_counter()
     step = checkpoints.step(label)
     model = checkpoints.load(label)
@@ -162,13 +193,7 @@ def run_checkpoint(
         "diverged": False,
         "sampler": sampler.to_dict(),
     }
-    blocks = min(settings.se_blocks_per_chain, max(q.shape[1] // 2, 1))
-    for est in ("correlation", "covariance"):
-        ci = class_influence(
-            q, t, data.query_classes, data.observed_classes, len(TOKEN_CLASSES), normalize=est,
-            blocks_per_chain=blocks,
-        )  # fmt: skip
-        result[f"class_{est}"] = _class_dict(ci)
+    _add_class_influence(result, q, t, data, settings)
     pq, pt = min(settings.pair_query_seqs, q.shape[2]), min(settings.pair_train_seqs, t.shape[2])
     result["pairs"] = {
         est: bif_scores(q[:, :, :pq], t[:, :, :pt], normalize=est).half()

@@ -36,6 +36,8 @@ from bifrepro.dynamics.transitions import (
 __all__ = ["StagewiseMerge", "merge_checkpoints"]
 
 _ESTIMATORS = ("correlation", "covariance")
+#: Also merged when every checkpoint has it (results from before it was computed do not).
+_OPTIONAL_ESTIMATORS = ("partial",)
 
 
 @dataclass
@@ -176,14 +178,35 @@ def _checkpoint_table(m: StagewiseMerge, results: list[dict[str, Any]]) -> pd.Da
 def _class_table(steps: list[int], mean: dict, se: dict) -> pd.DataFrame:
     names = list(TOKEN_CLASSES)
     return pd.DataFrame([
-        {
-            "step": st, "query_class": qa, "train_class": tb,
-            "correlation": mean["correlation"][i, a, b],
-            "correlation_se": se["correlation"][i, a, b],
-            "covariance": mean["covariance"][i, a, b], "covariance_se": se["covariance"][i, a, b],
-        }
+        {"step": st, "query_class": qa, "train_class": tb}
+        | {k: v for e in mean for k, v in ((e, mean[e][i, a, b]), (f"{e}_se", se[e][i, a, b]))}
         for i, st in enumerate(steps) for a, qa in enumerate(names) for b, tb in enumerate(names)
     ])  # fmt: skip
+
+
+def estimator_changes(
+    mean: dict[str, np.ndarray], se: dict[str, np.ndarray], before: int, after: int
+) -> pd.DataFrame:
+    """Per class pair and estimator: the change across the induction window, its z (block
+    standard errors) and whether it exceeds 2 s.e.; ``survives_<e>`` says whether a change that
+    the correlation calls significant is significant with the same sign under estimator ``e``
+    (e.g. the partial correlation, which removes the per-draw loss rise)."""
+    names = list(TOKEN_CLASSES)
+    rows = []
+    for a, qa in enumerate(names):
+        for b, tb in enumerate(names):
+            row: dict[str, Any] = {"query_class": qa, "train_class": tb}
+            for e in mean:
+                change = float(mean[e][after, a, b] - mean[e][before, a, b])
+                s = math.hypot(float(se[e][after, a, b]), float(se[e][before, a, b]))
+                z = change / s if s > 0 and math.isfinite(s) else math.nan
+                row |= {f"{e}_change": change, f"{e}_z": z, f"{e}_significant": abs(z) > 2}
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    for e in (e for e in mean if e != "correlation"):
+        same_sign = np.sign(out[f"{e}_z"]) == np.sign(out["correlation_z"])
+        out[f"survives_{e}"] = out["correlation_significant"] & out[f"{e}_significant"] & same_sign
+    return out
 
 
 def merge_checkpoints(
@@ -199,8 +222,9 @@ def merge_checkpoints(
     ``num_pairs`` (e.g. a ``StagewiseLMConfig``).
     """
     est, steps = settings.normalize, [int(r["step"]) for r in results]
-    mean = {e: np.stack([r[f"class_{e}"]["mean"].double().numpy() for r in results]) for e in _ESTIMATORS}  # fmt: skip
-    se = {e: np.stack([r[f"class_{e}"]["std_error"].double().numpy() for r in results]) for e in _ESTIMATORS}  # fmt: skip
+    ests = [*_ESTIMATORS, *(e for e in _OPTIONAL_ESTIMATORS if all(f"class_{e}" in r for r in results))]  # fmt: skip
+    mean = {e: np.stack([r[f"class_{e}"]["mean"].double().numpy() for r in results]) for e in ests}  # fmt: skip
+    se = {e: np.stack([r[f"class_{e}"]["std_error"].double().numpy() for r in results]) for e in ests}  # fmt: skip
     ind = np.array([r["induction"]["score"] for r in results])
     q_loss = np.array([r["loss_query"] for r in results])
 
@@ -262,6 +286,16 @@ def merge_checkpoints(
         "token_pairs.csv": pd.DataFrame(m.pairs.rows),
         "training_loss.csv": train_loss,
     }
+    if before is not None and after is not None:
+        by_est = estimator_changes(mean, se, before, after)
+        m.tables["class_changes_by_estimator.csv"] = by_est
+        for e in mean:
+            m.metrics[f"class_change/{e}/changed_2se_fraction"] = float(
+                by_est[f"{e}_significant"].mean()
+            )
+        for e in (e for e in mean if e != "correlation"):
+            m.metrics[f"class_change/survive_{e}_count"] = float(by_est[f"survives_{e}"].sum())
+        m.metrics["class_change/correlation_significant_count"] = float(by_est["correlation_significant"].sum())  # fmt: skip
     counts = results[0][f"class_{est}"]
     names = list(TOKEN_CLASSES)
     m.summary = {

@@ -23,7 +23,7 @@ def test_merge_finds_the_transition_and_the_class_change_across_it() -> None:
     assert metrics["class_sign_flip_fraction"] == pytest.approx(1 / K**2)
     assert set(m.tables) == {
         "checkpoints.csv", "class_influence.csv", "class_changes.csv", "token_pairs.csv",
-        "training_loss.csv",
+        "training_loss.csv", "class_changes_by_estimator.csv",
     }  # fmt: skip
     assert len(m.tables["class_influence.csv"]) == len(STEPS) * K * K
     assert m.tables["checkpoints.csv"].step.tolist() == STEPS
@@ -42,3 +42,31 @@ def test_merge_without_a_training_curve_or_a_transition() -> None:
     assert not m.transition.detected and m.before is None and m.after is None
     assert "change" not in m.tables["class_changes.csv"].columns
     assert m.tables["training_loss.csv"].step.tolist() == STEPS  # the query loss instead
+
+
+def test_partial_correlation_is_merged_and_says_which_changes_survive() -> None:
+    """A change the correlation sees but the partial correlation does not (the loss rise made
+    it) is significant under one estimator and does not survive the other."""
+    results = fake_results()
+    for i, r in enumerate(results):
+        partial = {**r["class_correlation"], "mean": r["class_correlation"]["mean"].clone()}
+        partial["mean"][0, 0] = 0.5  # no change across the window once the rise is removed
+        partial["mean"][1, 1] = 0.01 * i  # same as the correlation
+        r["class_partial"] = partial
+    m = merge_checkpoints(results, fake_data(), None, SETTINGS)
+    table = m.tables["class_influence.csv"]
+    assert {"partial", "partial_se"} <= set(table.columns)
+    by = m.tables["class_changes_by_estimator.csv"].set_index(["query_class", "train_class"])
+    names = by.index.get_level_values(0).unique()
+    first = (names[0], names[0])
+    assert bool(by.loc[first, "correlation_significant"])
+    assert not bool(by.loc[first, "partial_significant"])
+    assert not bool(by.loc[first, "survives_partial"])
+    assert m.metrics["class_change/survive_partial_count"] == float(by["survives_partial"].sum())
+    # results without the partial estimator merge as before
+    assert (
+        "partial"
+        not in merge_checkpoints(fake_results(), fake_data(), None, SETTINGS).tables[
+            "class_influence.csv"
+        ]
+    )
