@@ -337,10 +337,37 @@ def vision_block(results_dir: Path) -> str:
 
 
 #: README block name -> its generator (results folder -> markdown).
+def compute_lm_block(results_dir: Path) -> str:
+    """The LM-family compute comparison: the summary ``experiments/compute_lm.py`` writes from its
+    measurements (``results/compute/lm_family/summary.md``; ``make reproduce-compute``)."""
+    folder = Path(results_dir) / "compute" / "lm_family"
+    path = folder / "summary.md"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing (run make reproduce-compute)")
+    extra = _read_csv(folder / "extrapolation.csv").set_index("model")
+    ratio = float(extra.at["pythia-2.8b", "ratio_ekfac_over_bif"])
+    verdict = (
+        f"**Not reproduced here**: extrapolated to Pythia-2.8B, EK-FAC takes {ratio:.2g}× BIF's "
+        "time (the paper: about 100×, i.e. BIF two orders of magnitude cheaper)."
+        if ratio < 10
+        else f"Extrapolated to Pythia-2.8B, EK-FAC takes {ratio:.3g}× BIF's time (the paper: ~100×)."
+    )
+    return (
+        verdict
+        + "\n\n"
+        + path.read_text().strip()
+        + (
+            "\n\nFigures: `results/compute/lm_family/model_scaling.png` (time and memory against "
+            "parameters), `q_scaling.png`, `phase_breakdown.png`; every row in `model_scaling.csv`."
+        )
+    )
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "accuracy": accuracy_block,
     "lds": lds_block,
     "vision": vision_block,
+    "compute_lm": compute_lm_block,
 }
 
 

@@ -273,3 +273,19 @@ def test_vision_block_falls_back_to_the_mnist5k_folder(tmp_path: Path) -> None:
     text = vision_block(tmp_path)
     assert "(`imagenet/mnist5k/`)" in text and "look-alike" not in text
     assert "- agreement@1: BIF (correlation) > EK-FAC (raw score)" in text
+
+
+def test_compute_lm_block_says_plainly_when_the_paper_does_not_reproduce(tmp_path: Path) -> None:
+    from bifrepro.report import compute_lm_block
+
+    folder = tmp_path / "compute" / "lm_family"
+    folder.mkdir(parents=True)
+    (folder / "summary.md").write_text("**LM family.** measured things\n")
+    rows = {"model": ["pythia-70m", "pythia-2.8b"], "ratio_ekfac_over_bif": [0.1, 0.54]}
+    pd.DataFrame(rows).to_csv(folder / "extrapolation.csv", index=False)
+    text = compute_lm_block(tmp_path)
+    assert text.startswith("**Not reproduced here**") and "0.54×" in text
+    assert "**LM family.** measured things" in text
+    rows["ratio_ekfac_over_bif"] = [0.1, 120.0]
+    pd.DataFrame(rows).to_csv(folder / "extrapolation.csv", index=False)
+    assert "Not reproduced" not in compute_lm_block(tmp_path)
