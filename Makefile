@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
-        reproduce-toy sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
+        reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
         reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise sweep-stagewise
 
 help:  ## Show this help
@@ -73,10 +73,13 @@ report: $(STAMP)  ## Regenerate the README blocks (numbers, tables) from results
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-language reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
+
+reproduce-toy-robustness: $(STAMP)  ## Toy sign flips over 5 sampler x 3 init seeds: which are robust (~10 min)
+	$(PY) -m experiments.toy_robustness experiment=toy_robustness
 
 reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
 	$(PY) -m experiments.language experiment=language

@@ -289,3 +289,46 @@ def test_compute_lm_block_says_plainly_when_the_paper_does_not_reproduce(tmp_pat
     rows["ratio_ekfac_over_bif"] = [0.1, 120.0]
     pd.DataFrame(rows).to_csv(folder / "extrapolation.csv", index=False)
     assert "Not reproduced" not in compute_lm_block(tmp_path)
+
+
+def test_toy_block_reads_the_single_run_and_the_robustness_study(tmp_path: Path) -> None:
+    import json
+
+    from bifrepro.report import toy_block
+
+    one = tmp_path / "toy_hierarchy"
+    one.mkdir()
+    metrics = {f"transition_step/stage{k}": 100.0 * (k + 1) for k in range(4)}
+    metrics |= {
+        "sign_agreement_bif_loo_mean": 0.79, "spearman_bif_loo_mean": 0.52,
+        "spearman_analytic_loo_mean": 0.46, "chains_healthy_fraction": 0.375,
+        "sign_flip_fraction_bif": 0.89, "sign_flip_fraction_analytic": 0.43,
+        "sign_flip_fraction_loo": 1.0,
+    }  # fmt: skip
+    (one / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    text = toy_block(tmp_path)
+    assert "steps 100, 200, 300, 400" in text and "BIF 0.89" in text
+    assert "Robustness" not in text  # not run yet: only the single run is reported
+    rob = tmp_path / "toy_robustness"
+    rob.mkdir()
+    pd.DataFrame(
+        {
+            "init_seed": [0, 0, 1, 1],
+            "ancestor_depth": [0, 1, 0, 1],
+            "pairs": [16, 8, 16, 8],
+            "bif_flips_any_seed": [10, 2, 9, 1],
+            "bif_flips_every_seed": [3, 0, 2, 0],
+            "bif_robust_flips": [1, 0, 2, 0],
+            "analytic_flips": [0, 0, 0, 0],
+            "loo_flips": [16, 8, 16, 8],
+        }  # fmt: skip
+    ).to_csv(rob / "robustness_summary.csv", index=False)
+    summary = {"robust_flip_fraction": 0.0625, "single_run_flip_share_mean": 0.7,
+               "single_run_flip_share_sd": 0.12, "flip_fraction_loo": 1.0,
+               "flip_fraction_analytic": 0.0}  # fmt: skip
+    experiment = {"sampler_seeds": [0, 1, 2, 3, 4], "init_seeds": [0, 1], "confidence": 0.95}
+    (rob / "metrics.json").write_text(json.dumps({"metrics": summary, "experiment": experiment}))
+    text = toy_block(tmp_path)
+    assert "5 sampler seeds at each of 2 initialisations" in text
+    assert "| cross-kingdom (living thing) | 32 | 19 | 5 | 3 | 0 | 32 |" in text
+    assert "0.70 ± 0.12" in text
