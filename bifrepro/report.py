@@ -427,6 +427,52 @@ def toy_block(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def stagewise_block(results_dir: Path) -> str:
+    """The stagewise LM's numbers (``results/stagewise_lm/``): the induction transition, how much
+    class-level influence changes across it, and which changes survive the partial correlation
+    that removes the per-draw loss rise."""
+    folder = Path(results_dir) / "stagewise_lm"
+    saved = json.loads(_require(folder / "metrics.json").read_text())
+    m = saved["metrics"]
+    lines = []
+    if m.get("induction_transition/detected"):
+        lines.append(
+            f"Induction transition: onset step {m['induction_transition/onset_step']:.0f}, "
+            f"midpoint {m['induction_transition/midpoint_step']:.0f}, end "
+            f"{m['induction_transition/end_step']:.0f}; the induction score rises from "
+            f"{m['induction/score_first']:.3f} to {m['induction/score_last']:.3f} nats; the "
+            f"training loss drops fastest at steps "
+            f"{', '.join(f'{m[k]:.0f}' for k in sorted(m) if k.startswith('loss_drop_step/'))}."
+        )
+    else:
+        lines.append("No induction transition detected in this run.")
+    lines.append(
+        f"Chains healthy at {m['chains_healthy_fraction']:.0%} of {m['num_checkpoints']:.0f} "
+        "checkpoints."
+    )
+    if "class_change/ratio_induction_over_control" in m:
+        lines.append(
+            "Class-level influence (correlation) changes "
+            f"{m['class_change/ratio_induction_over_control']:.2g}× more across the transition "
+            f"than across an equally long window before it; "
+            f"{m['class_pairs_changed_2se_fraction']:.0%} of the class pairs change by more than "
+            "2 s.e. across it."
+        )
+    path = folder / "class_changes_by_estimator.csv"
+    if path.is_file():
+        by = _read_csv(path)
+        sig = by[by["correlation_significant"].astype(bool)]
+        kept = by[by["survives_partial"].astype(bool)]
+        lines.append(
+            f"Of the {len(sig)} class pairs whose correlation changes by more than 2 s.e., "
+            f"{len(kept)} still do, with the same sign, as a partial correlation given the "
+            "per-draw mean loss (the posterior's loss rise removed): "
+            + (", ".join(f"{r.query_class}→{r.train_class}" for r in kept.itertuples()) or "none")
+            + "."
+        )
+    return "\n\n".join(lines)
+
+
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise ReportError(f"{path}: missing (run the make target that writes it)")
@@ -439,6 +485,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "lds": lds_block,
     "vision": vision_block,
     "compute_lm": compute_lm_block,
+    "stagewise": stagewise_block,
 }
 
 

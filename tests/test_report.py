@@ -332,3 +332,29 @@ def test_toy_block_reads_the_single_run_and_the_robustness_study(tmp_path: Path)
     assert "5 sampler seeds at each of 2 initialisations" in text
     assert "| cross-kingdom (living thing) | 32 | 19 | 5 | 3 | 0 | 32 |" in text
     assert "0.70 ± 0.12" in text
+
+
+def test_stagewise_block_names_the_changes_that_survive_the_partial_correlation(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from bifrepro.report import stagewise_block
+
+    folder = tmp_path / "stagewise_lm"
+    folder.mkdir()
+    metrics = {
+        "induction_transition/detected": 1.0, "induction_transition/onset_step": 611.0,
+        "induction_transition/midpoint_step": 857.0, "induction_transition/end_step": 1144.0,
+        "induction/score_first": 0.004, "induction/score_last": 0.41, "loss_drop_step/1": 32.0,
+        "chains_healthy_fraction": 1.0, "num_checkpoints": 12.0,
+    }  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    text = stagewise_block(tmp_path)
+    assert "onset step 611" in text and "partial" not in text
+    pd.DataFrame(
+        {"query_class": ["number", "number", "other"], "train_class": ["number", "other", "other"],
+         "correlation_significant": [True, True, False], "survives_partial": [True, False, False]}
+    ).to_csv(folder / "class_changes_by_estimator.csv", index=False)  # fmt: skip
+    text = stagewise_block(tmp_path)
+    assert "Of the 2 class pairs" in text and "1 still do" in text and "number→number." in text
