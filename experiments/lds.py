@@ -4,33 +4,34 @@ The poster's "Quantitative" panel (Kreer et al.): how well each method's attribu
 the outputs of models retrained on random subsets of the training set (Park et al.'s LDS;
 :mod:`bifrepro.evaluation.lds`), as the subset fraction α varies. The claim under test: BIF beats
 EK-FAC when the retraining subsets are small, EK-FAC is competitive or better for large ones,
-TRAK and GradSim lie below both.
+TRAK and GradSim lie below both. Protocol and statistics: docs/experiments/lds.md.
 
 Pipeline: config (:mod:`bifrepro.config.lds`) → data, full-data model ``w*`` and, for every α,
 ``m`` seeded subsets × ``k`` seeds retrained (cached; :mod:`bifrepro.evaluation.lds_protocol`) →
-each method's scores at ``w*`` (:mod:`bifrepro.evaluation.lds_methods`) → LDS per method and α
-with bootstrap intervals, paired differences from EK-FAC, BIF's LDS vs draws
+each method's scores at ``w*`` (BIF per sampler seed, TRAK over several models;
+:mod:`bifrepro.evaluation.lds_methods`) → LDS per method, arm and α with bootstrap intervals,
+paired differences from EK-FAC, the resolved ranking, BIF's seeds and LDS vs draws
 (:mod:`bifrepro.evaluation.lds_tables`) → figure, tables, MLflow.
 
 Stages (``experiment.stage``), so that retraining can be spread over machines:
 
-* ``all`` (default): retrain what the cache lacks (``experiment.retrain_jobs`` local processes),
-  then attribute and evaluate.
-* ``retrain``: only retrain: the subsets ``experiment.subset_index`` (null: all) and seeds
-  ``experiment.retrain_seed`` (null: all) of every α, into the cache. Use it as a Hydra sweep,
-  e.g. over SLURM: ``python -m experiments.lds -m experiment.stage=retrain
-  experiment.subset_index='range(0,40)' experiment.retrain_seed=0 hydra/launcher=slurm``.
+* ``all`` (default): retrain what the cache lacks (``experiment.retrain_jobs`` processes), then
+  attribute and evaluate.
+* ``retrain``: only retrain the subsets ``experiment.subset_index`` (null: all) and seeds
+  ``experiment.retrain_seed`` (null: all) of every α into the cache; a Hydra sweep job, e.g.
+  ``python -m experiments.lds -m experiment.stage=retrain experiment.subset_index='range(0,40)'
+  hydra/launcher=slurm``.
 * ``evaluate``: the merge step: read every retrained output from the cache (failing with a list
   of what is missing, never training), attribute and evaluate.
 
-Outputs (``results/lds/``, replaced as one set): ``lds_vs_alpha.png``, ``lds.csv`` (method × α:
-LDS, interval, spread), ``lds_per_query.csv``, ``lds_paired_vs_ekfac.csv``, ``costs.csv``,
-``bif_draws.csv`` (the time-to-equal-LDS data), ``masks.npz``, ``metrics.json``; the same to
-MLflow. Retrained outputs, ``w*`` and the methods' scores are cached under ``results/cache/lds/``.
+Outputs (replaced as one set) in ``results/lds/`` for ``experiment.primary_data`` (Fashion-MNIST),
+``results/lds/<data name>/`` for other data (``data=mnist5k``): ``lds_vs_alpha.png``, ``lds.csv``,
+``lds_per_query.csv``, ``lds_paired_vs_ekfac.csv``, ``lds_ranking.csv``, ``lds_bif_seeds.csv``,
+``costs.csv``, ``bif_draws.csv``, ``masks.npz``, ``metrics.json``; the same to MLflow. Retrained
+outputs, full-data models and scores are cached under ``results/cache/lds/``.
 
-Run: ``python -m experiments.lds`` (``make reproduce-lds``); the paper's setting (ResNet-9 on
-CIFAR-10 from a local ImageFolder tree): ``CIFAR10_ROOT=/data/cifar10 python -m experiments.lds
-experiment=lds_cifar10``.
+Run: ``python -m experiments.lds`` (``make reproduce-lds``); the paper's setting: ``CIFAR10_ROOT=
+/data/cifar10 python -m experiments.lds experiment=lds_cifar10``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bifrepro.attribution.configs import method_config_from_mapping
 from bifrepro.attribution.timing import torch_threads
 from bifrepro.config import ValidatedConfig, register_configs, validate_config
-from bifrepro.config.lds import checked_lds_config, lds_problem
+from bifrepro.config.lds import checked_lds_config, lds_output_parts, lds_problem
 from bifrepro.evaluation.lds import save_masks
 from bifrepro.evaluation.lds_methods import METHOD_LABELS, MethodRun, attribute, calibrate_bif
 from bifrepro.evaluation.lds_protocol import LDSProblem, actual_outputs, full_model, retrain_share
 from bifrepro.evaluation.lds_tables import (
+    MAIN_ARM,
     alpha_key,
     bif_draws_curve,
+    bif_seed_table,
     costs_table,
     evaluate,
     paired_differences,
@@ -71,7 +74,7 @@ from bifrepro.io import (
     staged_directory,
 )
 from bifrepro.plots.calibration import save_calibration
-from bifrepro.plots.lds import plot_lds_vs_alpha
+from bifrepro.plots.lds import plot_lds_vs_alpha, ranking_note
 from bifrepro.tracking import RunTracker, start_run
 from experiments import CONF_DIR, in_multirun, output_dir, resolve_device, run_or_exit
 
@@ -93,23 +96,30 @@ def _retrain_jobs(jobs: int) -> int:
     return jobs
 
 
-def _title(problem: LDSProblem, runs: dict[str, MethodRun], sampler: Any | None) -> str:
+def _title(
+    problem: LDSProblem, runs: dict[str, MethodRun], sampler: Any | None, ranking: pd.DataFrame
+) -> str:
     exp, data = problem.exp, problem.data
     k = len(exp.seeds)
     head = (
         f"LDS on {data.name} ({problem.retrainer.model.name}, n={problem.n_train}, "
         f"q={problem.n_query}; m={exp.num_subsets} subsets × k={k} seed{'s' if k > 1 else ''})"
     )
+    if "trak" in runs and "num_checkpoints" in runs["trak"].timings:
+        head += f"; TRAK over {runs['trak'].timings['num_checkpoints']:g} models"
     if "bif" in runs and sampler is not None:
         bif = runs["bif"]
         verdict = bif.chain_verdict or (
             "chains healthy" if bif.chains_healthy else "chains UNHEALTHY"
         )
+        seeds = exp.bif_seeds or [sampler.seed]
         head += (
-            f"\nBIF: {sampler.num_chains}×{sampler.num_draws} draws, ε={sampler.step_size:g}, "
-            f"nβ={sampler.nbeta:g}, γ={sampler.localization:g}; {verdict}"
+            f"\nBIF: {sampler.num_chains}×{sampler.num_draws} draws × {len(seeds)} sampler "
+            f"seed(s), ε={sampler.step_size:g}, nβ={sampler.nbeta:g}, γ={sampler.localization:g}; "
+            f"{verdict}"
         )
-    return head
+    note = ranking_note(ranking)
+    return f"{head}\n{note}" if note else head
 
 
 def _summary_metrics(
@@ -169,12 +179,20 @@ def _attribute_and_evaluate(
     paired = paired_differences(results, "ekfac", exp.num_bootstrap, exp.confidence, exp.mask_seed)
     metrics.update(_summary_metrics(table, paired, runs, actual))
     tables = {"lds.csv": table, "lds_per_query.csv": per_query, "costs.csv": costs_table(runs)}
-    tables["lds_ranking.csv"] = resolved_ranking(  # which steps of the ranking are resolved
-        per_query, method="method", value="lds", unit="query", by=["alpha"],
-        num_bootstrap=exp.num_bootstrap, confidence=exp.confidence, seed=exp.mask_seed,
+    ranking = resolved_ranking(  # which steps of the ranking (each method's main arm) are resolved
+        per_query[per_query["arm"] == MAIN_ARM], method="method", value="lds", unit="query",
+        by=["alpha"], num_bootstrap=exp.num_bootstrap, confidence=exp.confidence,
+        seed=exp.mask_seed,
     )  # fmt: skip
+    tables["lds_ranking.csv"] = ranking
     if not paired.empty:
         tables["lds_paired_vs_ekfac.csv"] = paired
+    seeds = bif_seed_table(results)
+    if not seeds.empty:
+        tables["lds_bif_seeds.csv"] = seeds
+        for r in seeds.itertuples():
+            for stat in ("seed_mean", "seed_std", "averaged_scores_lds"):
+                metrics[f"bif_seeds/{stat}/{r.variant}/{alpha_key(r.alpha)}"] = getattr(r, stat)
     sampler = None
     if "bif" in runs:
         sampler = method_config_from_mapping(methods["bif"]).sampler
@@ -183,14 +201,21 @@ def _attribute_and_evaluate(
     metrics["wall_seconds"] = time.perf_counter() - t_start
 
     order = [lab for m in exp.methods for lab in METHOD_LABELS[m].values()]
-    fig = plot_lds_vs_alpha(table, _title(problem, runs, sampler), order, exp.confidence)
+    title = _title(problem, runs, sampler, ranking)
+    main_rows = table[table["arm"] == MAIN_ARM]
+    fig = plot_lds_vs_alpha(main_rows, title, order, exp.confidence, seeds if len(seeds) else None)
     atomic_save_figure(fig, stage / "lds_vs_alpha.png")
     fig.clear()
     for fname, df in tables.items():
         atomic_write_csv(round_significant(df), stage / fname)
     summary = {
         "metrics": metrics,
+        "dataset": problem.data.name,
         "data": {"name": problem.data.name, "source": problem.data.source},
+        "bif_seeds": list(exp.bif_seeds or []),
+        "trak_num_checkpoints": int(runs["trak"].timings.get("num_checkpoints", 1))
+        if "trak" in runs
+        else None,
         "n_train": problem.n_train,
         "n_query": problem.n_query,
         "retrain_fingerprint": problem.cache.fingerprint,
@@ -232,7 +257,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     vc = validate_config(cfg, groups=GROUPS)
     exp = checked_lds_config(vc)
     problem = lds_problem(vc, resolve_device(exp.device))
-    out_dir = output_dir(exp.output_dir, vc.results_dir, exp.name)
+    out_dir = output_dir(exp.output_dir, vc.results_dir, *lds_output_parts(exp, problem.data.name))
     with (
         torch_threads(exp.torch_threads),
         logging_redirect_tqdm(),

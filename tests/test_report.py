@@ -358,3 +358,43 @@ def test_stagewise_block_names_the_changes_that_survive_the_partial_correlation(
     ).to_csv(folder / "class_changes_by_estimator.csv", index=False)  # fmt: skip
     text = stagewise_block(tmp_path)
     assert "Of the 2 class pairs" in text and "1 still do" in text and "number→number." in text
+
+
+def test_language_block_reports_every_category_and_the_resolved_ranking(tmp_path: Path) -> None:
+    from bifrepro.report import language_block
+
+    folder = tmp_path / "language"
+    folder.mkdir()
+    base = {"level": "token", "scope": "all", "subset": "all", "num_queries": 10}
+    rows = [
+        {**base, "method": "bif", "form": "any", "category": c, "precision_at_1": 0.9, "mrr": 0.95}
+        for c in ("all", "num")
+    ] + [
+        {**base, "method": m, "form": "other", "category": "num", "precision_at_1": p, "mrr": p}
+        for m, p in (("bif", 0.1), ("ekfac", 0.0))
+    ]
+    pd.DataFrame(rows).to_csv(folder / "benchmark.csv", index=False)
+    text = language_block(tmp_path)
+    assert "| num | 10 | 0.90 / 0.95 | 0.10 / 0.10 | 0.00 / 0.00 |" in text
+    assert "ranked" not in text  # no ranking table: no ranking lines
+    pd.DataFrame(
+        [
+            {
+                "scope": "all",
+                "form": "other",
+                "category": "num",
+                "rank": 1,
+                "arm": "bif/token",
+                "resolved": False,
+            },
+            {
+                "scope": "all",
+                "form": "other",
+                "category": "num",
+                "rank": 2,
+                "arm": "ekfac/token",
+                "resolved": False,
+            },
+        ]  # fmt: skip
+    ).to_csv(folder / "benchmark_ranking.csv", index=False)
+    assert "- num: bif/token ≈ ekfac/token" in language_block(tmp_path)

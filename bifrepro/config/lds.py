@@ -34,6 +34,7 @@ __all__ = [
     "check_method_settings",
     "checked_lds_config",
     "lds_problem",
+    "lds_output_parts",
 ]
 
 STAGES = ("all", "retrain", "evaluate")
@@ -126,7 +127,8 @@ class LDSConfig:
     alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
     #: Subsets m per α.
     num_subsets: int = 40
-    #: Retraining seeds per subset (k = their number; outputs are averaged over them).
+    #: Retraining seeds per subset (k = their number; a subset's actual output is the mean over
+    #: its seeds, so m x k subset-seed pairs stand behind each α).
     seeds: list[int] = field(default_factory=lambda: [0])
     #: Seed of the subset masks.
     mask_seed: int = 0
@@ -138,6 +140,15 @@ class LDSConfig:
     methods: list[str] = field(default_factory=lambda: ["bif", "ekfac", "trak", "gradsim"])
     #: Draws per chain at which BIF's LDS is also computed from the first draws (null: auto).
     bif_draws_grid: list[int] | None = None
+    #: BIF sampler seeds (null: one run with the sampler's own seed). With several, each seed's
+    #: LDS is reported, their mean with the spread over seeds, and the LDS of the seed-averaged
+    #: scores (the BIF entry of the ranking and the figure).
+    bif_seeds: list[int] | None = None
+    #: Processes that run BIF's sampler seeds side by side (1: one after another, in this process).
+    attribution_jobs: int = 1
+    #: Data whose results go to results_dir/<name>/ itself; results on any other data go to
+    #: results_dir/<name>/<data name>/ (null: always results_dir/<name>/).
+    primary_data: str | None = None
     #: Bootstrap resamples (over queries) and level of the confidence intervals.
     num_bootstrap: int = 2000
     confidence: float = 0.95
@@ -183,6 +194,13 @@ class LDSConfig:
             _bad(self, "methods", f"must name methods of {list(METHOD_LABELS)}, once each")
         if self.bif_draws_grid is not None and any(d < 2 for d in self.bif_draws_grid):
             _bad(self, "bif_draws_grid", "draws per chain must be >= 2")
+        if self.bif_seeds is not None and (
+            not self.bif_seeds
+            or len(set(self.bif_seeds)) != len(self.bif_seeds)
+            or any(int(s) < 0 for s in self.bif_seeds)
+        ):
+            _bad(self, "bif_seeds", "must be null or a non-empty list of distinct seeds >= 0")
+        _int_at_least(self, "attribution_jobs", 1)
         _int_at_least(self, "num_bootstrap", 0)
         if not 0.0 < self.confidence < 1.0:
             _bad(self, "confidence", "must be in (0, 1)")
@@ -245,3 +263,12 @@ def lds_problem(vc: ValidatedConfig, device: torch.device) -> LDSProblem:
         except ValueError as err:
             raise ConfigError(f"experiment.alphas: {err}") from err
     return prepare(exp, data, vc.data, vc.model, vc.seed, vc.results_dir, device)
+
+
+def lds_output_parts(exp: LDSConfig, data_name: str) -> tuple[str, ...]:
+    """Path parts of the results folder under ``results_dir``: ``(name,)`` for the primary data
+    (or when none is set), ``(name, data_name)`` for any other, so that a comparison run (e.g.
+    ``data=mnist5k``) never replaces the main results."""
+    if exp.primary_data is None or data_name == exp.primary_data:
+        return (exp.name,)
+    return (exp.name, data_name)

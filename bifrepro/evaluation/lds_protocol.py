@@ -36,6 +36,7 @@ __all__ = [
     "prepare",
     "actual_outputs",
     "full_model",
+    "checkpoint_states",
     "retrain_share",
 ]
 
@@ -209,27 +210,47 @@ def retrain_share(problem: LDSProblem, n_jobs: int) -> dict[str, float]:
     }
 
 
-def full_model(problem: LDSProblem) -> tuple[torch.nn.Module, dict[str, float]]:
-    """``w*``: the model trained on every training item with the master seed (cached)."""
+def full_model(
+    problem: LDSProblem, seed: int | None = None
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """``w*``: the model trained on every training item with the master seed (cached).
+
+    ``seed``: another training seed (the same data and settings), e.g. the further checkpoints
+    that TRAK ensembles over; cached as ``full_model_seed<seed>.pt`` like ``w*``.
+    """
     r = problem.retrainer
-    path = problem.cache.dir / f"full_model_seed{problem.seed}.pt"
-    model = r.model.build(problem.seed)
+    seed = problem.seed if seed is None else int(seed)
+    path = problem.cache.dir / f"full_model_seed{seed}.pt"
+    model = r.model.build(seed)
     info: dict[str, float] = {}
     if getattr(problem.model_cfg, "cache", True) and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["state_dict"])
         info["train_seconds"] = float(saved["train_seconds"])
-        log.info("full-data model loaded from %s", path)
+        log.info("full-data model (seed %d) loaded from %s", seed, path)
     else:
         t0 = time.perf_counter()
-        model, _ = r.train_subset(torch.ones(problem.n_train, dtype=torch.bool), problem.seed)
+        model, _ = r.train_subset(torch.ones(problem.n_train, dtype=torch.bool), seed)
         info["train_seconds"] = time.perf_counter() - t0
         atomic_torch_save(
             {"state_dict": model.cpu().state_dict(), "train_seconds": info["train_seconds"]}, path
         )
-        log.info("full-data model trained in %.1f s", info["train_seconds"])
+        log.info("full-data model (seed %d) trained in %.1f s", seed, info["train_seconds"])
     model.to(problem.device).eval()
     info["test_accuracy"] = accuracy(model, problem.data.queries)
     info["train_accuracy"] = accuracy(model, problem.data.train)
     info["num_params"] = float(count_parameters(model))
     return model, info
+
+
+def checkpoint_states(
+    problem: LDSProblem, count: int
+) -> tuple[list[dict[str, torch.Tensor]], float]:
+    """State dicts of ``count`` further full-data models (seeds ``seed + 1 ..``; cached) for
+    methods that ensemble over independently trained models (TRAK), and their training seconds."""
+    states, seconds = [], 0.0
+    for i in range(1, count + 1):
+        model, info = full_model(problem, problem.seed + i)
+        states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        seconds += info["train_seconds"]
+    return states, seconds

@@ -1,6 +1,9 @@
 """Evaluation step of the LDS protocol: the result tables of the LDS and compute experiments.
 
-* :func:`evaluate`: LDS of every method variant at every α with bootstrap intervals.
+* :func:`evaluate`: LDS of every method variant at every α with bootstrap intervals; with several
+  BIF sampler seeds also each seed's LDS and the mean over seeds (arms ``seed``, ``seed_mean``).
+* :func:`bif_seed_table`: per BIF estimator and α, each seed's LDS, their mean and spread, and
+  the LDS of the seed-averaged scores.
 * :func:`paired_differences`: per-query LDS difference from a reference method (paired bootstrap).
 * :func:`bif_draws_curve`: BIF's LDS from the first ``d`` draws of every chain, with their cost.
 * :func:`time_to_equal_lds`: draws and seconds BIF needs to reach a reference method's LDS.
@@ -18,13 +21,15 @@ import torch
 
 from bifrepro.attribution.bif import bif_scores
 from bifrepro.evaluation.lds import LDSResult, bootstrap_mean_ci, lds, subset_size
-from bifrepro.evaluation.lds_methods import METHOD_LABELS, MethodRun
+from bifrepro.evaluation.lds_methods import MethodRun, split_seed_variant, variant_label
 from bifrepro.evaluation.lds_protocol import LDSProblem
 from bifrepro.sampling.calibration import run_cost
 
 __all__ = [
     "alpha_key",
     "evaluate",
+    "MAIN_ARM",
+    "bif_seed_table",
     "paired_differences",
     "draws_grid",
     "bif_draws_curve",
@@ -38,18 +43,59 @@ def alpha_key(a: float) -> str:
     return f"alpha_{a:g}"
 
 
+#: ``arm`` of a method's own entry (BIF: the seed-averaged scores), as opposed to one BIF seed
+#: (``"seed"``) or the mean of the seeds' LDS (``"seed_mean"``).
+MAIN_ARM = "main"
+
+
+def _arm(variant: str) -> str:
+    return MAIN_ARM if split_seed_variant(variant)[1] is None else "seed"
+
+
+def _seed_means(
+    results: dict[tuple[str, float], LDSResult], exp: Any
+) -> dict[tuple[str, float], LDSResult]:
+    """Per base variant with seed variants and α: the mean over seeds of each query's LDS (its
+    mean is the mean of the seeds' LDS; the interval is bootstrapped over queries)."""
+    groups: dict[tuple[str, float], list[LDSResult]] = {}
+    for (variant, a), res in results.items():
+        base, seed = split_seed_variant(variant)
+        if seed is not None:
+            groups.setdefault((base, a), []).append(res)
+    out = {}
+    for (base, a), seeds in groups.items():
+        with np.errstate(all="ignore"):
+            per_query = np.nanmean(np.stack([r.per_query for r in seeds]), axis=0)
+        finite = per_query[np.isfinite(per_query)]
+        lo, hi = bootstrap_mean_ci(per_query, exp.num_bootstrap, exp.confidence, exp.mask_seed)
+        ref = results[(base, a)]
+        labels = {
+            **ref.labels,
+            "method": f"{ref.labels['method']} mean of {len(seeds)} seeds",
+            "variant": f"{base}_seedmean",
+            "arm": "seed_mean",
+        }
+        out[(labels["variant"], a)] = LDSResult(
+            per_query, float(finite.mean()) if finite.size else math.nan, lo, hi,
+            ref.num_subsets, ref.num_seeds, exp.confidence, labels,
+        )  # fmt: skip
+    return out
+
+
 def evaluate(
     problem: LDSProblem, runs: dict[str, MethodRun], actual: dict[float, torch.Tensor]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], LDSResult]]:
-    """LDS of every method variant at every α: summary table, per-query table, results."""
+    """LDS of every method variant at every α: summary table, per-query table, results.
+
+    Rows carry an ``arm``: ``main`` (a method's entry), ``seed`` (one BIF sampler seed) or
+    ``seed_mean`` (the mean over BIF's seeds of each query's LDS).
+    """
     exp = problem.exp
-    rows, per_query = [], []
     results: dict[tuple[str, float], LDSResult] = {}
     for name, run in runs.items():
         for variant, scores in run.scores.items():
-            label = METHOD_LABELS[name][variant]
             for a, masks in problem.masks.items():
-                res = lds(
+                results[(variant, a)] = lds(
                     scores,
                     masks,
                     actual[a],
@@ -57,19 +103,60 @@ def evaluate(
                     confidence=exp.confidence,
                     seed=exp.mask_seed,
                     labels={
-                        "method": label,
+                        "method": variant_label(name, variant),
                         "variant": variant,
                         "alpha": a,
                         "subset_size": subset_size(problem.n_train, a),
+                        "arm": _arm(variant),
                     },
                 )
-                results[(variant, a)] = res
-                rows.append(res.to_row())
-                per_query.extend(
-                    {"method": label, "variant": variant, "alpha": a, "query": i, "lds": float(v)}
-                    for i, v in enumerate(res.per_query)
-                )
+    results.update(_seed_means(results, exp))
+    rows, per_query = [], []
+    for (variant, a), res in results.items():
+        rows.append(res.to_row())
+        label, arm = res.labels["method"], res.labels["arm"]
+        per_query.extend(
+            {
+                "method": label,
+                "variant": variant,
+                "alpha": a,
+                "arm": arm,
+                "query": i,
+                "lds": float(v),
+            }
+            for i, v in enumerate(res.per_query)
+        )
     return pd.DataFrame(rows), pd.DataFrame(per_query), results
+
+
+def bif_seed_table(results: dict[tuple[str, float], LDSResult]) -> pd.DataFrame:
+    """Per BIF estimator (base variant) and α with several sampler seeds: each seed's LDS
+    (``lds_seed<s>``), their mean, standard deviation (ddof 1), min and max over seeds, and the
+    LDS of the seed-averaged scores with its interval. Empty without seed variants."""
+    seeds: dict[tuple[str, float], dict[int, float]] = {}
+    for (variant, a), res in results.items():
+        base, seed = split_seed_variant(variant)
+        if seed is not None:
+            seeds.setdefault((base, a), {})[seed] = res.mean
+    rows = []
+    for (base, a), by_seed in sorted(seeds.items()):
+        v = np.array(list(by_seed.values()), dtype=np.float64)
+        avg = results[(base, a)]
+        rows.append({
+            "variant": base,
+            "method": avg.labels.get("method", base),
+            "alpha": a,
+            "num_seeds": len(by_seed),
+            **{f"lds_seed{s}": x for s, x in sorted(by_seed.items())},
+            "seed_mean": float(v.mean()),
+            "seed_std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "seed_min": float(v.min()),
+            "seed_max": float(v.max()),
+            "averaged_scores_lds": avg.mean,
+            "averaged_scores_ci_low": avg.ci_low,
+            "averaged_scores_ci_high": avg.ci_high,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def paired_differences(
@@ -82,7 +169,8 @@ def paired_differences(
     """Per-query LDS difference of every variant from ``reference`` at each α (paired bootstrap).
 
     All methods are scored on the same queries, so the per-query difference cancels the
-    query-to-query spread that makes the separate intervals overlap.
+    query-to-query spread that makes the separate intervals overlap. Every arm gets one (each BIF
+    seed and the mean over seeds too; column ``arm``).
     """
     rows = []
     for (variant, a), res in results.items():
@@ -95,6 +183,7 @@ def paired_differences(
         rows.append({
             "method": res.labels.get("method", variant),
             "variant": variant,
+            "arm": res.labels.get("arm", MAIN_ARM),
             "reference": reference,
             "alpha": a,
             "lds_difference": float(finite.mean()) if finite.size else math.nan,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,7 +11,29 @@ from matplotlib.figure import Figure
 
 from bifrepro.plots.style import ESTIMATOR_COLORS, house_style, new_figure
 
-__all__ = ["method_color", "method_linestyle", "plot_lds_vs_alpha"]
+__all__ = ["method_color", "method_linestyle", "plot_lds_vs_alpha", "ranking_note"]
+
+
+def ranking_note(ranking: pd.DataFrame, width: int = 120) -> str:
+    """Title lines on the ranking (:func:`~bifrepro.evaluation.ranking.resolved_ranking` by α):
+    the unresolved steps (``A ≈ B``) of every α that has any, wrapped at ``width`` characters,
+    or that every step is resolved (the full rankings are in ``lds_ranking.csv``)."""
+    if ranking.empty:
+        return ""
+    parts = []
+    for a, g in ranking.groupby("alpha", sort=True):
+        g = g.sort_values("rank")
+        ties = [
+            f"{m} ≈ {n}"
+            for m, n, r in zip(g["method"], g["method"].iloc[1:], g["resolved"], strict=False)
+            if not r
+        ]
+        if ties:
+            parts.append(f"α={a:g}: {', '.join(ties)}")
+    if not parts:
+        return "ranking resolved at every α (paired CIs exclude 0)"
+    text = "UNRESOLVED ranking steps (paired CI includes 0): " + "; ".join(parts)
+    return textwrap.fill(text, width)
 
 
 def method_color(label: str) -> str:
@@ -31,6 +54,7 @@ def plot_lds_vs_alpha(
     title: str,
     methods: Sequence[str] | None = None,
     confidence: float = 0.95,
+    seed_bands: pd.DataFrame | None = None,
 ) -> Figure:
     """LDS (mean over queries, with its bootstrap interval) against α, one line per method.
 
@@ -39,6 +63,9 @@ def plot_lds_vs_alpha(
         title: figure title (setting, estimator, draws, chain health).
         methods: labels in legend order (default: order of appearance).
         confidence: level of the intervals, for the axis label.
+        seed_bands: BIF's spread over sampler seeds (:func:`~bifrepro.evaluation.lds_tables.
+            bif_seed_table`: ``method``, ``alpha``, ``seed_min``, ``seed_max``), drawn as a band
+            around the method's line (min to max over seeds).
     """
     methods = list(methods) if methods is not None else list(dict.fromkeys(table["method"]))
     alphas = np.sort(table["alpha"].unique())
@@ -66,6 +93,19 @@ def plot_lds_vs_alpha(
                 capsize=3,
                 label=label,
             )
+            band = None if seed_bands is None else seed_bands[seed_bands["method"] == label]
+            if band is not None and not band.empty:
+                band = band.sort_values("alpha")
+                n_seeds = int(band["num_seeds"].max())
+                ax.fill_between(
+                    band["alpha"].to_numpy(dtype=float),
+                    band["seed_min"].to_numpy(dtype=float),
+                    band["seed_max"].to_numpy(dtype=float),
+                    color=method_color(label),
+                    alpha=0.15,
+                    lw=0,
+                    label=f"{label}: range over {n_seeds} sampler seeds",
+                )
         ax.axhline(0.0, color="0.4", lw=0.8, zorder=0)
         ax.set_xscale("log")
         ax.set_xticks(alphas)
@@ -73,6 +113,6 @@ def plot_lds_vs_alpha(
         ax.minorticks_off()
         ax.set_xlabel("retraining subset fraction α (subsets of ⌊α·n⌋ training items)")
         ax.set_ylabel(f"LDS (Spearman, mean over queries; {confidence:.0%} bootstrap CI)")
-        ax.set_title(title)
+        ax.set_title(title, fontsize="small")
         ax.legend(loc="best", frameon=False)
     return fig

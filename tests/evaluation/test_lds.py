@@ -164,3 +164,23 @@ def test_bootstrap_interval() -> None:
     lo90, hi90 = bootstrap_mean_ci(v, 2000, 0.90, seed=1)
     assert hi90 - lo90 < hi - lo
     assert all(math.isnan(x) for x in bootstrap_mean_ci([1.0, np.nan], 100))
+
+
+def test_actual_output_of_a_subset_is_the_mean_over_its_seeds() -> None:
+    """Known answer: each seed's outputs are the additive truth plus seed noise that cancels in
+    the mean over seeds, so exact scores have LDS 1 only when the seeds are averaged."""
+    g = torch.Generator().manual_seed(3)
+    n, q, m = 40, 5, 12
+    true = torch.randn(q, n, generator=g, dtype=torch.float64)
+    masks = subset_masks(n, 0.5, m, seed=1)
+    f = masks.double() @ true.T  # [m, q]
+    noise = 5.0 * torch.randn(m, q, generator=g, dtype=torch.float64)
+    actual = torch.stack([f + noise, f - noise], dim=1)  # [m, k=2, q]
+    both = lds(true, masks, actual, num_bootstrap=0)
+    assert both.mean == pytest.approx(1.0) and both.num_seeds == 2
+    one = lds(true, masks, actual[:, :1], num_bootstrap=0)
+    assert one.mean < 0.9 and one.num_seeds == 1
+    # a missing (NaN) seed of one subset falls back to the other seed's output
+    gap = actual.clone()
+    gap[0, 1] = math.nan
+    assert lds(true, masks, gap, num_bootstrap=0).mean < 1.0

@@ -13,6 +13,7 @@ from bifrepro.evaluation.lds_methods import MethodRun
 from bifrepro.evaluation.lds_tables import (
     alpha_key,
     bif_draws_curve,
+    bif_seed_table,
     costs_table,
     draws_grid,
     evaluate,
@@ -101,3 +102,45 @@ def test_costs_table_has_every_phase_and_the_cache_flag() -> None:
     assert costs.loc["bif", "fit_seconds"] == 0.0 and costs.loc["gradsim", "total_seconds"] == 3.0
     assert math.isnan(costs.loc["gradsim", "fit_peak_cuda_mb"])
     assert (costs["device"] == "cpu").all()
+
+
+def test_bif_seeds_are_reported_alone_averaged_and_paired() -> None:
+    """Two BIF seeds (exact scores, and exact scores plus noise): each seed's LDS, the mean over
+    seeds, the LDS of the seed-averaged scores, and a paired difference for every arm."""
+    problem, actual, true = _problem()
+    g = torch.Generator().manual_seed(2)
+    noisy = true + 2.0 * torch.randn(Q, N, generator=g, dtype=torch.float64)
+    scores = {
+        "bif_covariance": (true + noisy) / 2,
+        "bif_covariance_seed0": true,
+        "bif_covariance_seed1": noisy,
+    }
+    runs = {
+        "bif": MethodRun("bif", scores, {}, "cpu"),
+        "ekfac": MethodRun("ekfac", {"ekfac": true}, {}, "cpu"),
+    }
+    table, per_query, results = evaluate(problem, runs, actual)
+    lds_of = table.set_index(["variant", "alpha"])
+    assert set(table["arm"]) == {"main", "seed", "seed_mean"}
+    assert lds_of.loc[("bif_covariance_seed0", 0.5), "method"] == "BIF (cov) seed 0"
+    assert lds_of.loc[("bif_covariance_seedmean", 0.5), "method"] == "BIF (cov) mean of 2 seeds"
+    seeds = bif_seed_table(results)
+    assert len(seeds) == 2 and (seeds["num_seeds"] == 2).all()
+    for r in seeds.itertuples():
+        s0 = lds_of.loc[("bif_covariance_seed0", r.alpha), "lds"]
+        s1 = lds_of.loc[("bif_covariance_seed1", r.alpha), "lds"]
+        assert s0 == pytest.approx(1.0) and s1 < 1.0
+        assert (r.lds_seed0, r.lds_seed1) == pytest.approx((s0, s1))
+        assert r.seed_mean == pytest.approx((s0 + s1) / 2)
+        assert r.seed_std == pytest.approx(abs(s0 - s1) / math.sqrt(2))
+        assert (r.seed_min, r.seed_max) == pytest.approx((s1, s0))
+        assert r.averaged_scores_lds == pytest.approx(
+            lds_of.loc[("bif_covariance", r.alpha), "lds"]
+        )
+        assert lds_of.loc[("bif_covariance_seedmean", r.alpha), "lds"] == pytest.approx(r.seed_mean)
+    assert len(per_query) == len(table) * Q
+    paired = paired_differences(results, "ekfac", 100, 0.9, 0)
+    assert set(paired["arm"]) == {"main", "seed", "seed_mean"} and len(paired) == 4 * 2
+    seed0 = paired[paired["variant"] == "bif_covariance_seed0"]
+    assert seed0["lds_difference"].tolist() == pytest.approx([0.0, 0.0])  # identical scores
+    assert bif_seed_table({k: v for k, v in results.items() if "seed" not in k[0]}).empty

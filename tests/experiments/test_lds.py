@@ -20,9 +20,15 @@ from bifrepro.evaluation.retrain import MissingRetrainError
 from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
 
 REPO = Path(__file__).resolve().parents[2]
-#: A tiny but complete run: 60 training digits, 10 queries, 2 fractions x 5 subsets.
+#: A tiny but complete run: 60 training digits, 10 queries, 2 fractions x 5 subsets (MNIST-5k,
+#: the comparison data: results in results_dir/lds/mnist5k/; one retraining and sampler seed).
 TINY = [
     "experiment=lds",
+    "data=mnist5k",
+    "experiment.seeds=[0]",
+    "experiment.bif_seeds=null",
+    "experiment.attribution_jobs=1",
+    "methods.trak.num_checkpoints=1",
     "data.train_per_class=6",
     "data.test_per_class=1",
     "model.width=2",
@@ -74,7 +80,8 @@ def test_run_writes_results_mlflow_and_reuses_caches(
     tiny_lds, hydra_compose, mlflow_uri, search_runs
 ) -> None:
     results, first = tiny_lds
-    out = results / "lds"
+    out = results / "lds" / "mnist5k"  # not the primary data (Fashion-MNIST): its own folder
+    assert not (results / "lds" / "lds.csv").exists()
     cache = next((results / "cache" / "lds").iterdir())
     entries = sorted(p.stat().st_mtime_ns for p in cache.glob("*/seed*.pt"))
     assert len(entries) == 10  # 2 fractions x 5 subsets x 1 seed
@@ -182,7 +189,7 @@ def test_diverged_sampler_fails_the_run_and_keeps_the_results(
     from bifrepro.sampling.diagnostics import SamplerDivergedError
 
     results, _ = tiny_lds
-    out = results / "lds"
+    out = results / "lds" / "mnist5k"
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     cfg = _cfg(
         hydra_compose, results, mlflow_uri, "experiment.methods=[bif]", "sampler.step_size=1e6"
@@ -190,7 +197,8 @@ def test_diverged_sampler_fails_the_run_and_keeps_the_results(
     with pytest.raises(SamplerDivergedError):
         lds_exp.run(cfg)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not list(results.glob(".lds.*"))  # no staging folder left behind
+    assert not list(results.glob("**/.mnist5k.*"))  # no staging folder left behind
+    assert not list(results.glob(".lds.*"))
     runs = search_runs("lds")
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FAILED"
 
@@ -201,7 +209,7 @@ def test_retrain_stage_then_merge(hydra_compose, tmp_path) -> None:
 
     # a "sweep job": subset 1 only, into the cache; nothing else is computed
     assert stage("experiment.stage=retrain", "experiment.subset_index=1")["retrained_models"] == 2
-    assert not (tmp_path / "lds").exists()
+    assert not (tmp_path / "lds" / "mnist5k").exists()
     # the merge step refuses to train and names what is missing
     with pytest.raises(MissingRetrainError, match="4 of 5"):
         stage("experiment.stage=evaluate", "experiment.methods=[gradsim]")
@@ -289,5 +297,94 @@ def test_multirun_retrain_sweep_with_joblib_then_merge(mlflow_uri, tmp_path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     merge = lds(*overrides, "experiment.stage=evaluate", "experiment.methods=[gradsim,ekfac]")
     assert merge.returncode == 0, merge.stderr[-3000:]
-    saved = json.loads((tmp_path / "lds" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "lds" / "mnist5k" / "metrics.json").read_text())
     assert np.isfinite(saved["metrics"]["lds/ekfac/alpha_0.5"])
+
+
+#: The default data (Fashion-MNIST) at tiny scale, with the paper-grade ensembles switched on:
+#: 2 retraining seeds per subset, 2 BIF sampler seeds (in 2 processes), TRAK over 3 models.
+FASHION_TINY = [
+    "experiment=lds",
+    "data.train_per_class=6",
+    "data.pool_per_class=6",
+    "data.test_per_class=1",
+    "data.queries_per_class=1",
+    "model.width=2",
+    "model.hidden=8",
+    "model.epochs=2",
+    "experiment.num_subsets=5",
+    "experiment.alphas=[0.2,0.5]",
+    "experiment.seeds=[0,1]",
+    "experiment.bif_seeds=[0,1]",
+    "experiment.attribution_jobs=2",
+    "experiment.retrain_jobs=1",
+    "experiment.methods=[bif,ekfac,trak]",
+    "experiment.num_bootstrap=200",
+    "sampler.num_chains=2",
+    "sampler.num_draws=12",
+    "sampler.burn_in=2",
+    "methods.trak.proj_dim=128",
+    "methods.trak.num_checkpoints=3",
+    "tracking=disabled",
+]
+
+
+def test_fashion_mnist_default_with_seed_ensembles(hydra_compose, tmp_path, monkeypatch) -> None:
+    """Fashion-MNIST is the default data and is named in the outputs; a subset's actual output is
+    the mean over its retraining seeds; every BIF seed is reported next to the seed-averaged
+    scores; TRAK ensembles over the configured number of models."""
+    from bifrepro.data.fashion_mnist import locate_fashion_mnist
+    from bifrepro.evaluation.lds import lds as lds_score
+    from bifrepro.evaluation.lds import mask_hash
+
+    if locate_fashion_mnist(str(tmp_path / "cache" / "data"), None, False) is None:
+        pytest.skip("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
+    titles: list[str] = []
+    plot = lds_exp.plot_lds_vs_alpha
+    monkeypatch.setattr(
+        lds_exp, "plot_lds_vs_alpha", lambda *a, **k: titles.append(a[1]) or plot(*a, **k)
+    )
+    metrics = lds_exp.run(hydra_compose([*FASHION_TINY, f"results_dir={tmp_path}"]))
+    out = tmp_path / "lds"  # the primary data writes to results_dir/lds/ itself
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"] == "fashion_mnist" and "Fashion-MNIST" in saved["data"]["source"]
+    assert titles and titles[0].startswith("LDS on fashion_mnist")
+    assert "2 sampler seed(s)" in titles[0] and "TRAK over 3 models" in titles[0]
+    assert "ranking" in titles[0]  # resolved or not, the title says (wrapped over lines)
+    # retraining: 2 fractions x 5 subsets x 2 seeds, and the outputs are the seeds' mean
+    cache = next(p for p in (tmp_path / "cache" / "lds").iterdir() if p.is_dir())
+    assert len(list(cache.glob("*/seed*.pt"))) == 20
+    table = pd.read_csv(out / "lds.csv")
+    assert (table["num_seeds"] == 2).all()
+    masks = load_masks(out / "masks.npz")[0.5]
+    outputs = [
+        [torch.load(cache / mask_hash(m) / f"seed{s}.pt")["outputs"] for s in (0, 1)] for m in masks
+    ]
+    mean = torch.stack([torch.stack(o).mean(0) for o in outputs])  # [m, q]
+    trak = torch.load(next((cache / "scores").glob("trak_*.pt")))
+    expected = lds_score(trak["scores"]["trak"], masks, mean, num_bootstrap=0).mean
+    main = table[table["arm"] == "main"].set_index(["variant", "alpha"])["lds"]
+    assert main[("trak", 0.5)] == pytest.approx(expected, abs=1e-5)
+    # TRAK: w* plus 2 more full-data models (seeds 1, 2), cached
+    assert saved["trak_num_checkpoints"] == 3 and metrics["cost/trak/num_checkpoints"] == 3
+    assert {p.name for p in cache.glob("full_model_seed*.pt")} == {
+        f"full_model_seed{s}.pt" for s in (0, 1, 2)
+    }
+    # BIF: each seed, the mean over seeds, the seed-averaged scores, all paired against EK-FAC
+    assert saved["bif_seeds"] == [0, 1]
+    seeds = pd.read_csv(out / "lds_bif_seeds.csv")
+    assert len(seeds) == 2 * 2 and set(seeds["num_seeds"]) == {2}
+    every = table.set_index(["variant", "alpha"])["lds"]
+    for r in seeds.itertuples():
+        pair = [every[(f"{r.variant}_seed{s}", r.alpha)] for s in (0, 1)]
+        assert [getattr(r, f"lds_seed{s}") for s in (0, 1)] == pytest.approx(pair, abs=1e-5)
+        assert every[(f"{r.variant}_seedmean", r.alpha)] == pytest.approx(np.mean(pair), abs=1e-5)
+        assert r.seed_mean == pytest.approx(np.mean(pair), abs=1e-5)
+        assert r.seed_std == pytest.approx(np.std(pair, ddof=1), abs=1e-5)
+        assert r.averaged_scores_lds == pytest.approx(main[(r.variant, r.alpha)], abs=1e-5)
+    arms = set(table["arm"])
+    assert arms == {"main", "seed", "seed_mean"}
+    paired = pd.read_csv(out / "lds_paired_vs_ekfac.csv")
+    assert set(paired["arm"]) == arms and len(paired) == 2 * (2 + 4 + 2 + 1)  # per α: BIF 8, TRAK
+    ranking = pd.read_csv(out / "lds_ranking.csv")
+    assert set(ranking["method"]) == {"BIF (cov)", "BIF (corr)", "EK-FAC", "TRAK"}

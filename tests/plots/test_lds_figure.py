@@ -1,0 +1,57 @@
+"""The LDS figure's additions: BIF's spread over sampler seeds as a band, the ranking note."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+
+from bifrepro.plots.lds import plot_lds_vs_alpha, ranking_note  # noqa: E402
+
+
+def test_bif_seeds_are_a_band_around_bifs_line() -> None:
+    rows = [
+        {"method": m, "alpha": a, "lds": 0.3, "ci_low": 0.2, "ci_high": 0.4}
+        for m in ("BIF (cov)", "EK-FAC")
+        for a in (0.05, 0.5)
+    ]
+    bands = pd.DataFrame(
+        [
+            {"method": "BIF (cov)", "alpha": a, "num_seeds": 3, "seed_min": 0.1, "seed_max": 0.5}
+            for a in (0.05, 0.5)
+        ]
+    )
+    fig = plot_lds_vs_alpha(pd.DataFrame(rows), "title", seed_bands=bands)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "BIF (cov): range over 3 sampler seeds" in labels
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == 0.1 and ys.max() == 0.5
+    plain = plot_lds_vs_alpha(pd.DataFrame(rows), "title").axes[0]
+    assert len(plain.get_legend().get_texts()) == 2  # no band without seeds
+
+
+def test_lds_title_note_marks_unresolved_ranking_steps() -> None:
+    import pandas as pd
+
+    def ranking(alpha: float, resolved: list[bool]) -> list[dict[str, object]]:
+        names = ["BIF (cov)", "EK-FAC", "TRAK"]
+        return [
+            {"alpha": alpha, "rank": i + 1, "method": n, "resolved": r}
+            for i, (n, r) in enumerate(zip(names, resolved, strict=True))
+        ]
+
+    resolved = pd.DataFrame(ranking(0.05, [True, True, False]))
+    assert ranking_note(resolved).startswith("ranking resolved at every α")
+    mixed = pd.DataFrame(ranking(0.05, [True, True, False]) + ranking(0.5, [False, True, False]))
+    note = ranking_note(mixed)
+    assert note.startswith("UNRESOLVED") and "α=0.5: BIF (cov) ≈ EK-FAC" in note
+    assert "EK-FAC ≈ TRAK" not in note  # the resolved step is not listed
+    wide = pd.DataFrame([r for a in range(20) for r in ranking(a / 100 + 0.01, [False] * 3)])
+    assert all(len(line) <= 60 for line in ranking_note(wide, width=60).splitlines())
+    assert "α=0.05" not in note
+    assert ranking_note(pd.DataFrame()) == ""
