@@ -115,6 +115,11 @@ class Problem:
     notes: dict[str, float] = field(default_factory=dict)
 
     @property
+    def num_observed(self) -> int:
+        """Items evaluated on every draw (training items and queries)."""
+        return len(self.train) + len(self.query)  # type: ignore[arg-type]
+
+    @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
@@ -427,8 +432,9 @@ class Setting:
     #: "sgld" or "sghmc" (momentum; at the step its preconditioner's SGLD calibration picks).
     integrator: str = "sgld"
     friction: float = 0.1
-    #: Thinning and draws from the calibration (``choose_thinning``: the same effective sample
-    #: size as the bench's draws, recorded about once per autocorrelation time).
+    #: Thinning from the calibration (``choose_thinning``: about once per autocorrelation time),
+    #: with as many draws as the bench's run costs (the run-cost model: a step 3 x batch item
+    #: evaluations, a draw every observed item): more accuracy for the same compute, or not.
     thin: bool = False
 
 
@@ -458,7 +464,7 @@ SETTINGS: tuple[Setting, ...] = (
     # sampler=auto: frozen RMSProp, calibrated ε, thinning from the pilot's autocorrelation time
     Setting(
         "frz_thin",
-        "frozen RMSProp-SGLD, calibrated ε and thinning (same ESS)",
+        "frozen RMSProp-SGLD, calibrated ε and thinning (same cost)",
         "rmsprop_frozen",
         thin=True,
     ),
@@ -677,8 +683,10 @@ def run_problem(
         draws = max(1, round(bench.draws * setting.draws_factor))
         cal = chosen[(setting.preconditioner, setting.thin)]
         thinning = cal.thinning
-        if setting.thin:
-            draws = cal.num_draws
+        if setting.thin:  # the draws the bench's run affords at the chosen thinning
+            step, obs = 3 * min(bench.batch_size, len(problem.train)), problem.num_observed
+            per_draw = (bench.thinning * step + obs) / (thinning * step + obs)
+            draws = max(20, round(bench.draws * per_draw))
         standard = draws == bench.draws and chains == bench.chains
         seed_scores: dict[str, list[torch.Tensor | None]] = {t: [] for t in problem.truths}
         setting_rows = []
@@ -709,7 +717,7 @@ def run_problem(
                         "chains": chains,
                         "draws": draws,
                         "thinning": thinning,
-                        # a thinned setting aims at the full run's effective sample size
+                        # a thinned setting costs what the bench's run costs
                         "budget": chains * (bench.draws if setting.thin else draws),
                         "seed": seed,
                         **result.row,
@@ -832,7 +840,8 @@ def _setting_colors() -> dict[str, Any]:
     reds = matplotlib.colormaps["autumn"](np.linspace(0.0, 0.75, 4))
     greens = matplotlib.colormaps["summer"](np.linspace(0.0, 0.6, 3))
     purples = matplotlib.colormaps["Purples"](np.linspace(0.6, 0.9, 2))
-    palette = [*blues, *reds, *greens, *purples]
+    black = [(0.0, 0.0, 0.0, 1.0)]  # frz_thin: what sampler=auto can do
+    palette = [*blues, *reds, *greens, *purples, *black]
     return {s.name: palette[i] for i, s in enumerate(SETTINGS)}
 
 
