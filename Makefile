@@ -88,7 +88,7 @@ reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster ex
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
 	$(PY) -m experiments.imagenet experiment=imagenet
 
-reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on MNIST-5k (~10 min on 2 cores)
+reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on Fashion-MNIST, 3 retraining and 3 sampler seeds (~25-35 min on 2 cores)
 	$(PY) -m experiments.lds experiment=lds
 
 reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache); then the LM family
