@@ -436,6 +436,9 @@ class Setting:
     #: with as many draws as the bench's run costs (the run-cost model: a step 3 x batch item
     #: evaluations, a draw every observed item): more accuracy for the same compute, or not.
     thin: bool = False
+    #: What ``sampler=auto`` does: calibrated ε and the draws of its precision target
+    #: (``target_resolved`` 0.5, ``max_draws`` 4000, conf/sampler/auto.yaml).
+    auto: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -468,6 +471,12 @@ SETTINGS: tuple[Setting, ...] = (
         "rmsprop_frozen",
         thin=True,
     ),
+    Setting(
+        "auto",
+        "sampler=auto: frozen RMSProp-SGLD, calibrated ε and draws (precision target)",
+        "rmsprop_frozen",
+        auto=True,
+    ),
 )
 QUICK_SETTINGS = (
     "sgld_cal",
@@ -478,6 +487,7 @@ QUICK_SETTINGS = (
     "hmc_cal",
     "hmc_sgld_cal",
     "frz_thin",
+    "auto",
 )
 
 
@@ -526,7 +536,7 @@ def base_sampler(problem: Problem, bench: BenchConfig) -> SGLDConfig:
 
 
 def calibrated(
-    problem: Problem, base: SGLDConfig, thin: bool = False
+    problem: Problem, base: SGLDConfig, thin: bool = False, auto: bool = False
 ) -> tuple[SGLDConfig, dict[str, Any], CalibrationReport]:
     """``calibrate()`` with default settings for this preconditioner (``thin``: also choosing the
     thinning); the report's essentials."""
@@ -537,7 +547,11 @@ def calibrated(
             problem.loss_fn,
             problem.train,
             base,
-            calibration=CalibrationConfig(choose_thinning=thin),
+            calibration=CalibrationConfig(
+                choose_thinning=thin,
+                target_resolved=0.5 if auto else None,
+                max_draws=4000 if auto else None,
+            ),
             query_data=problem.query,
             query_loss_fn=problem.query_loss_fn,
             progress=False,
@@ -546,6 +560,7 @@ def calibrated(
         "problem": problem.name,
         "preconditioner": base.preconditioner,
         "choose_thinning": thin,
+        "precision_target": auto,
         "step_size": report.config.step_size,
         "thinning": report.config.thinning,
         "num_draws": report.config.num_draws,
@@ -667,10 +682,10 @@ def run_problem(
     settings = [s for s in SETTINGS if s.name in bench.settings]
     base = base_sampler(problem, bench)
     chosen, reports, calibration_rows = {}, {}, []
-    for key in sorted({(s.preconditioner, s.thin) for s in settings}):
-        pre, thin = key
+    for key in sorted({(s.preconditioner, s.thin, s.auto) for s in settings}):
+        pre, thin, auto = key
         chosen[key], info, reports[key] = calibrated(
-            problem, base.replace(preconditioner=pre), thin
+            problem, base.replace(preconditioner=pre), thin, auto
         )
         calibration_rows.append(info)
         log(f"  {problem.name}: {info['summary']}")
@@ -681,12 +696,15 @@ def run_problem(
     for setting in settings:
         chains = setting.chains or bench.chains
         draws = max(1, round(bench.draws * setting.draws_factor))
-        cal = chosen[(setting.preconditioner, setting.thin)]
+        key = (setting.preconditioner, setting.thin, setting.auto)
+        cal = chosen[key]
         thinning = cal.thinning
         if setting.thin:  # the draws the bench's run affords at the chosen thinning
             step, obs = 3 * min(bench.batch_size, len(problem.train)), problem.num_observed
             per_draw = (bench.thinning * step + obs) / (thinning * step + obs)
             draws = max(20, round(bench.draws * per_draw))
+        if setting.auto:
+            draws = cal.num_draws
         standard = draws == bench.draws and chains == bench.chains
         seed_scores: dict[str, list[torch.Tensor | None]] = {t: [] for t in problem.truths}
         setting_rows = []
@@ -701,7 +719,7 @@ def run_problem(
                 thinning=thinning,
                 seed=seed,
             )
-            evidence = reports[(setting.preconditioner, setting.thin)].health_evidence(config)
+            evidence = reports[key].health_evidence(config)
             result = run_setting(problem, config, truncate_to if standard else None, evidence)
             for task, (_, _, truth_label) in problem.truths.items():
                 seed_scores[task].append(result.scores.get(task))
@@ -840,7 +858,7 @@ def _setting_colors() -> dict[str, Any]:
     reds = matplotlib.colormaps["autumn"](np.linspace(0.0, 0.75, 4))
     greens = matplotlib.colormaps["summer"](np.linspace(0.0, 0.6, 3))
     purples = matplotlib.colormaps["Purples"](np.linspace(0.6, 0.9, 2))
-    black = [(0.0, 0.0, 0.0, 1.0)]  # frz_thin: what sampler=auto can do
+    black = [(0.0, 0.0, 0.0, 1.0), (0.85, 0.0, 0.0, 1.0)]  # frz_thin, auto
     palette = [*blues, *reds, *greens, *purples, *black]
     return {s.name: palette[i] for i, s in enumerate(SETTINGS)}
 
@@ -849,7 +867,7 @@ def plot_accuracy_vs_time(summary: pd.DataFrame, bench: BenchConfig) -> Any:
     """Mean Spearman (cov) vs mean sampling time per setting, one panel per task."""
     tasks = list(dict.fromkeys(summary["task"]))
     colors = _setting_colors()
-    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osDXX*", strict=True))
+    markers = dict(zip([s.name for s in SETTINGS], "osD^vPosD^osDXX*H", strict=True))
     ncols = 3
     nrows = math.ceil((len(tasks) + 1) / ncols)
     with house_style():

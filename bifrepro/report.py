@@ -75,6 +75,9 @@ _PRECONDITIONER_NAMES = {
 def _calibration_line(calibration: pd.DataFrame) -> str:
     """How often the calibration found a healthy step per sampler: the bench's case for the
     sampler that ``sampler=auto`` uses."""
+    for extra in ("choose_thinning", "precision_target"):  # one row per problem and sampler
+        if extra in calibration.columns:
+            calibration = calibration[~calibration[extra].astype(bool)]
     problems = calibration["problem"].nunique()
     parts, healthy = [], {}
     for pre, g in calibration.groupby("preconditioner", sort=False):
@@ -113,7 +116,7 @@ def accuracy_block(results_dir: Path) -> str:
     ]
     for task, g in summary.groupby("task", sort=False):
         best = g.loc[g["spearman_cov_mean"].idxmax()]
-        shown = g[g["setting"].isin(["sgld_cal", "rms_cal", "frz_cal"])]
+        shown = g[g["setting"].isin(["sgld_cal", "rms_cal", "frz_cal", "hmc_cal", "auto"])]
         if best["setting"] not in set(shown["setting"]):
             shown = pd.concat([shown, best.to_frame().T])
         for _, r in shown.iterrows():
