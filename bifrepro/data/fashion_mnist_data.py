@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ from bifrepro.data.fashion_mnist import (
     locate_fashion_mnist,
     read_split,
 )
-from bifrepro.data.imagenet import InfluencePool, per_class_indices, pick_distinct_classes
+from bifrepro.data.imagenet import InfluencePool, per_class_indices, pool_from_image_data
 from bifrepro.data.images import ImageData, load_embedded_images
 from bifrepro.data.lds import LDSData
 from bifrepro.validation import bad as _bad
@@ -216,13 +215,6 @@ def load_fashion_mnist(cfg: FashionMNISTDataConfig) -> ImageData:
     )
 
 
-def _unnormalizer(data: ImageData) -> Callable[[torch.Tensor], torch.Tensor]:
-    def unnormalize(x: torch.Tensor) -> torch.Tensor:
-        return data.unnormalize(x.detach().float().cpu())
-
-    return unnormalize
-
-
 def fashion_mnist_pool(
     cfg: FashionMNISTDataConfig, seed: int, device: torch.device | str | None = None
 ) -> InfluencePool:
@@ -231,37 +223,8 @@ def fashion_mnist_pool(
     (classes interleaved) and ``gallery_queries`` rows of distinct classes. ``info`` records
     ``requested`` (the config's name), ``fallback`` and the ``image_data``."""
     data = cfg.load_images()
-    x_train, y_train = data.train.tensors
-    x_test, y_test = data.test.tensors
-    pool_idx = per_class_indices(y_train, cfg.pool_per_class, seed)
-    query_idx = per_class_indices(y_test, cfg.queries_per_class, seed + 1)
-    order = torch.argsort(torch.arange(len(query_idx)) % cfg.queries_per_class, stable=True)
-    query_idx = query_idx[order]
-    query_labels = y_test[query_idx]
-    gallery = pick_distinct_classes(query_labels, cfg.gallery_queries, seed + 2)
-
-    def to(x: torch.Tensor) -> torch.Tensor:
-        return x if device is None else x.to(device)
-
-    return InfluencePool(
-        name=data.name,
-        source=data.source,
-        sgld_train=TensorDataset(to(x_train), to(y_train)),
-        pool=TensorDataset(to(x_train[pool_idx]), to(y_train[pool_idx])),
-        queries=TensorDataset(to(x_test[query_idx]), to(query_labels)),
-        pool_labels=y_train[pool_idx].clone(),
-        query_labels=query_labels.clone(),
-        class_names=list(data.class_names),
-        gallery=gallery,
-        unnormalize=_unnormalizer(data),
-        pool_ids=[f"train[{i}]" for i in pool_idx.tolist()],
-        query_ids=[f"test[{i}]" for i in query_idx.tolist()],
-        info={
-            "requested": cfg.name,
-            "fallback": data.name != cfg.name,
-            "num_classes": data.num_classes,
-            "n_train_images": len(data.train),
-            "n_test_images": len(data.test),
-            "image_data": data,
-        },
-    )
+    return pool_from_image_data(
+        data, name=data.name, pool_per_class=cfg.pool_per_class,
+        queries_per_class=cfg.queries_per_class, gallery_queries=cfg.gallery_queries, seed=seed,
+        device=device, info={"requested": cfg.name, "fallback": data.name != cfg.name},
+    )  # fmt: skip

@@ -492,24 +492,45 @@ def load_standin_pool(
 ) -> InfluencePool:
     """The embedded stand-in: pool from its training split, queries from its test split."""
     data = load_embedded_images(cfg.name, test_per_class=cfg.test_per_class, seed=seed)
+    return pool_from_image_data(
+        data, name=cfg.name, pool_per_class=cfg.pool_per_class,
+        queries_per_class=cfg.queries_per_class, gallery_queries=cfg.gallery_queries, seed=seed,
+        device=device,
+    )  # fmt: skip
+
+
+def pool_from_image_data(
+    data: Any,
+    *,
+    name: str,
+    pool_per_class: int,
+    queries_per_class: int,
+    gallery_queries: int,
+    seed: int,
+    device: torch.device | str | None = None,
+    info: dict[str, Any] | None = None,
+) -> InfluencePool:
+    """Gallery data from an in-memory image set (:class:`~bifrepro.data.images.ImageData`): SGLD
+    on its whole training split, an observed pool of ``pool_per_class`` training images per
+    class, ``queries_per_class`` test images per class (classes interleaved, so any prefix covers
+    many classes) and ``gallery_queries`` rows of distinct classes; ``info`` is added to the
+    pool's record."""
     x_train, y_train = data.train.tensors
     x_test, y_test = data.test.tensors
-    pool_idx = per_class_indices(y_train, cfg.pool_per_class, seed)
-    query_idx = per_class_indices(y_test, cfg.queries_per_class, seed + 1)
-    # Interleave classes so that any prefix of the queries covers many classes.
-    order = torch.argsort(torch.arange(len(query_idx)) % cfg.queries_per_class, stable=True)
+    pool_idx = per_class_indices(y_train, pool_per_class, seed)
+    query_idx = per_class_indices(y_test, queries_per_class, seed + 1)
+    order = torch.argsort(torch.arange(len(query_idx)) % queries_per_class, stable=True)
     query_idx = query_idx[order]
     query_labels = y_test[query_idx]
-    gallery = pick_distinct_classes(query_labels, cfg.gallery_queries, seed + 2)
+    gallery = pick_distinct_classes(query_labels, gallery_queries, seed + 2)
 
     def to(x: torch.Tensor) -> torch.Tensor:
         return x if device is None else x.to(device)
 
-    sgld_train = TensorDataset(to(x_train), to(y_train))
     return InfluencePool(
-        name=cfg.name,
+        name=name,
         source=data.source,
-        sgld_train=sgld_train,
+        sgld_train=TensorDataset(to(x_train), to(y_train)),
         pool=TensorDataset(to(x_train[pool_idx]), to(y_train[pool_idx])),
         queries=TensorDataset(to(x_test[query_idx]), to(query_labels)),
         pool_labels=y_train[pool_idx].clone(),
@@ -520,6 +541,7 @@ def load_standin_pool(
         pool_ids=[f"train[{i}]" for i in pool_idx.tolist()],
         query_ids=[f"test[{i}]" for i in query_idx.tolist()],
         info={
+            **(info or {}),
             "num_classes": data.num_classes,
             "n_train_images": len(data.train),
             "n_test_images": len(data.test),
