@@ -113,8 +113,13 @@ sweep-sampler-toy: $(STAMP)  ## SGLD grid (step size x gamma x nbeta) on the toy
 	$(PY) -m experiments.toy_hierarchy -m hydra/sweeper=sampler_grid experiment.num_checkpoints=12 sampler.num_draws=200
 	$(PY) -m bifrepro.plots.calibration "$$(ls -td multirun/toy_hierarchy/*/ | head -1)" --metric spearman_bif_loo_mean
 
-mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:5000 against results/mlflow.db
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port 5000
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)  ## MLflow UI against results/mlflow.db (prints each experiment's runs-table link)
+	@$(PY) scripts/mlflow_ui_links.py --tracking-uri sqlite:///$(RESULTS)/mlflow.db \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 clean:  ## Remove caches and Hydra outputs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -59,6 +59,7 @@ __all__ = [
     "git_info",
     "get_client",
     "get_or_create_experiment",
+    "runs_table_urls",
     "default_artifact_location",
     "multirun_parent_run_id",
     "write_parent_run_file",
@@ -229,6 +230,11 @@ def default_artifact_location(uri: str) -> str | None:
     return None
 
 
+#: MLflow 3's UI opens an experiment with this tag on its runs table ("Model training"), not on
+#: the GenAI overview.
+_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
     """Id of the MLflow experiment ``name``, created (with ``artifact_location``) if missing.
 
@@ -244,9 +250,11 @@ def get_or_create_experiment(client: Any, name: str, artifact_location: str | No
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if _EXPERIMENT_KIND[0] not in (exp.tags or {}):  # created before the tag was set
+            client.set_experiment_tag(exp.experiment_id, *_EXPERIMENT_KIND)
         return str(exp.experiment_id)
     try:
-        return str(
+        exp_id = str(
             client.create_experiment(name, artifact_location=_as_artifact_uri(artifact_location))
         )
     except MlflowException:
@@ -254,6 +262,27 @@ def get_or_create_experiment(client: Any, name: str, artifact_location: str | No
         if exp is None:
             raise
         return str(exp.experiment_id)
+    client.set_experiment_tag(exp_id, *_EXPERIMENT_KIND)
+    return exp_id
+
+
+def runs_table_urls(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> dict[str, str]:
+    """``{experiment name: URL of its runs table}`` in an MLflow UI serving ``tracking_uri`` at
+    ``host:port``, for every active experiment in the store, sorted by name.
+
+    MLflow 3 opens an experiment on its GenAI overview (traces) unless told otherwise; the UI's
+    hash route ``#/experiments/<id>/runs`` with ``workflowType=machine_learning`` opens the runs
+    table (parent runs with their children) in the "Model training" view directly.
+    """
+    from mlflow.entities import ViewType
+
+    client = get_client(tracking_uri)
+    experiments = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+    base = f"http://{host}:{int(port)}/#/experiments"
+    return {
+        e.name: f"{base}/{e.experiment_id}/runs?workflowType=machine_learning"
+        for e in sorted(experiments, key=lambda e: e.name)
+    }
 
 
 def multirun_parent_run_id(tracking_uri: str | None = None) -> str | None:

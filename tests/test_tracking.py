@@ -196,3 +196,17 @@ def test_sweep_id_is_fixed_within_a_config_and_new_for_the_next() -> None:
     cfg, other = OmegaConf.create(node), OmegaConf.create(node)
     assert f"x_{cfg.a}" == cfg.b and cfg.a.startswith(f"{os.getpid()}-")
     assert other.a != cfg.a
+
+
+def test_new_experiments_open_on_the_runs_table(mlflow_uri) -> None:
+    """MLflow 3's UI opens an experiment on its GenAI overview unless it is tagged as model
+    development; experiments bifrepro creates are."""
+    from mlflow.tracking import MlflowClient
+
+    from bifrepro.tracking import get_or_create_experiment
+
+    client = MlflowClient(mlflow_uri)
+    exp_id = get_or_create_experiment(client, "kind_check")
+    tags = client.get_experiment(exp_id).tags
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert get_or_create_experiment(client, "kind_check") == exp_id  # found, not recreated

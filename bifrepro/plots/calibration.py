@@ -93,6 +93,7 @@ def _calibration_summary(report: CalibrationReport) -> Figure:
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step size ε")
+        ax.set_ylabel(title, fontsize=8)
         ran = df[df["status"] == "ok"] if len(df) else df
         for k, (g, nb) in enumerate(pairs):
             sub = ran[(ran["localization"] == g) & (ran["nbeta"] == nb)]

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
 from bifrepro.plots.lds import method_color, method_linestyle
-from bifrepro.plots.style import LEVEL_COLORS, house_style, new_figure
+from bifrepro.plots.style import LEVEL_COLORS, house_style, legend_below, new_figure
 
 __all__ = ["AXIS_LABELS", "plot_cost_scaling", "plot_time_to_equal_lds"]
 
@@ -26,11 +26,16 @@ AXIS_LABELS: dict[str, str] = {
 
 
 def _plain_log_ticks(ax: Any) -> None:
-    """Log axes labelled at decades only (the default minor labels collide in narrow panels)."""
+    """Log axes labelled at decades (x minor labels collide in narrow panels; y gets some when
+    its range is under two decades, so it never shows a lone label)."""
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(LogLocator(base=10))
         axis.set_major_formatter(LogFormatterSciNotation(base=10))
         axis.set_minor_formatter(NullFormatter())
+    # a y range under two decades shows at most one decade label: label some minor ticks too
+    ax.yaxis.set_minor_formatter(
+        LogFormatterSciNotation(base=10, labelOnlyBase=False, minor_thresholds=(2, 0.5))
+    )
 
 
 def plot_cost_scaling(
@@ -81,7 +86,7 @@ def plot_cost_scaling(
                 _plain_log_ticks(ax)
             ax_t.set_title(f"vs {AXIS_LABELS.get(axis, axis)}")
             ax_m.set_xlabel(AXIS_LABELS.get(axis, axis))
-            ax_t.legend(frameon=False, fontsize=6.5, loc="upper left")
+            legend_below(ax_t, frameon=False, fontsize=6.5)  # between the rows: serves both
         axes[0, 0].set_ylabel("wall time fit + score (s)\n(dotted: fit phase)")
         axes[1, 0].set_ylabel("peak memory increase (MB)")
         fig.suptitle(title)

@@ -173,6 +173,7 @@ def _bars(ax, rows_by_method: dict, ks: list[int], value: str, **kwargs) -> None
         ax.bar(x, rows[value].to_numpy(), width=width, yerr=err, capsize=2, label=m,
                color=_color(m), **kwargs)  # fmt: skip
     ax.set_xticks(range(len(ks)), [f"top-{k}" for k in ks])
+    ax.set_xlabel("top-k training items by score")
     ax.set_ylim(0, 1.05)
 
 

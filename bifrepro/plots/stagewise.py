@@ -24,6 +24,7 @@ from bifrepro.plots.style import (
     LEVEL_COLORS,
     health_note,
     house_style,
+    legend_beside,
     mark_transitions,
     new_figure,
 )
@@ -158,7 +159,7 @@ def plot_stages(
         ax.set_ylabel("loss (nats/token)")
         _transitions(ax, transitions, label=True)
         ax.legend(loc="lower left", frameon=True, framealpha=0.85)
-        ax.set_title(title)
+        fig.suptitle(title)
 
         ax = axes[1, 0]
         ax.plot(x, induction, color=INDUCTION_COLOR, marker="o", ms=3, label="induction score")
@@ -173,7 +174,7 @@ def plot_stages(
         axr.spines["right"].set_visible(True)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = axr.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="upper left", frameon=True, framealpha=0.85)
+        legend_beside(ax, h1 + h2, l1 + l2, gap_in=0.75, frameon=False)
 
         if llc is not None:
             ax = axes[2, 0]

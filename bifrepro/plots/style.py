@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib as mpl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import ScaledTranslation
 
 __all__ = [
     "ESTIMATOR_COLORS",
@@ -23,6 +24,8 @@ __all__ = [
     "new_figure",
     "mark_transitions",
     "health_note",
+    "legend_beside",
+    "legend_below",
 ]
 
 #: One colour per estimator, used in every figure.
@@ -109,3 +112,22 @@ def health_note(num_healthy: int, num_total: int, draws: int, estimator: str) ->
         else (f"chains healthy at {num_healthy}/{num_total} checkpoints")
     )
     return f"BIF ({estimator}, {draws} draws/checkpoint; {verdict})"
+
+
+def legend_beside(
+    ax: Axes, handles: Sequence[Any], labels: Sequence[str], gap_in: float = 0.0, **kw: Any
+) -> Any:
+    """An axes legend to the right of ``ax``, ``gap_in`` inches clear of its right edge (room for
+    a twin axis's tick labels and label), so it never covers the data; constrained layout makes
+    room for it."""
+    anchor = ax.transAxes + ScaledTranslation(gap_in, 0.0, ax.figure.dpi_scale_trans)
+    return ax.legend(
+        handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), bbox_transform=anchor, **kw
+    )
+
+
+def legend_below(ax: Axes, gap_in: float = 0.25, **kw: Any) -> Any:
+    """An axes legend centred under ``ax``, ``gap_in`` inches below it (clear of the x tick
+    labels), so it never covers the data; constrained layout makes room for it."""
+    anchor = ax.transAxes + ScaledTranslation(0.0, -gap_in, ax.figure.dpi_scale_trans)
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, **kw)

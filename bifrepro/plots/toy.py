@@ -19,6 +19,7 @@ from bifrepro.plots.style import (
     ESTIMATOR_COLORS,
     LEVEL_COLORS,
     house_style,
+    legend_beside,
     mark_transitions,
     new_figure,
 )
@@ -78,7 +79,7 @@ def plot_mode_strengths(
         ax.set_xlim(t[0], t[-1] * 1.05)
         ax.set_ylabel("mode strength  a / s")
         ax.set_ylim(-0.05, 1.1)
-        ax.set_title(title)
+        fig.suptitle(title)
         ax.legend(
             loc="center left", ncol=1, fontsize=7, frameon=True, framealpha=0.9, edgecolor="none"
         )
@@ -198,7 +199,8 @@ def plot_influence_curves(
                 handles.append(line)
                 labels.append(line.get_label())
             if k == 0:
-                ax.legend(handles, labels, loc="lower left", frameon=True, framealpha=0.85)
+                gap = 0.75 if right_key in curves else 0.05  # clear of the right axis
+                legend_beside(ax, handles, labels, gap_in=gap, frameon=False)
         axes[-1, 0].set_xlabel("training step (log scale); dashed: stage transitions")
         fig.suptitle(title)
     return fig

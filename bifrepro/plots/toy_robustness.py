@@ -36,6 +36,7 @@ def plot_flip_counts(summary: pd.DataFrame, depth_names: dict[int, str], title: 
         ax.set_xticklabels(
             [f"{depth_names.get(d, d)}\n({int(totals.at[d, 'pairs'])} pair-inits)" for d in depths]
         )
+        ax.set_xlabel("common ancestor of the pair (depth in the hierarchy)")
         ax.set_ylabel("share of pairs that flip sign")
         ax.set_ylim(0, 1.35)  # room for the legend above the bars
         ax.legend(loc="upper center", ncols=2, fontsize=7, frameon=False)
