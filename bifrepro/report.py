@@ -515,11 +515,15 @@ def language_block(results_dir: Path) -> str:
     path = folder / "benchmark_ranking.csv"
     if path.is_file():
         ranking = _read_csv(path)
-        cross = ranking[(ranking["scope"] == "all") & (ranking["form"] == "other")]
-        lines += ["", "Arms ranked by cross-form reciprocal rank (`>`: paired 95% CI over queries "
-                  "excludes 0; `≈`: not resolved):", ""]  # fmt: skip
+        cross = ranking[
+            (ranking["level"] == "token")
+            & (ranking["scope"] == "all")
+            & (ranking["form"] == "other")
+        ]
+        lines += ["", "Per-token methods ranked by cross-form reciprocal rank (`>`: paired 95% CI "
+                  "over queries excludes 0; `≈`: not resolved):", ""]  # fmt: skip
         for cat, g in cross.groupby("category", sort=True):
-            lines.append(f"- {cat}: {ranking_text(g, method='arm')}")
+            lines.append(f"- {cat}: {ranking_text(g)}")
     devinterp = folder / "devinterp_comparison.csv"
     if devinterp.is_file():
         d = _read_csv(devinterp).set_index("quantity")

@@ -377,24 +377,13 @@ def test_language_block_reports_every_category_and_the_resolved_ranking(tmp_path
     text = language_block(tmp_path)
     assert "| num | 10 | 0.90 / 0.95 | 0.10 / 0.10 | 0.00 / 0.00 |" in text
     assert "ranked" not in text  # no ranking table: no ranking lines
+    common = {"level": "token", "scope": "all", "form": "other", "category": "num"}
     pd.DataFrame(
         [
-            {
-                "scope": "all",
-                "form": "other",
-                "category": "num",
-                "rank": 1,
-                "arm": "bif/token",
-                "resolved": False,
-            },
-            {
-                "scope": "all",
-                "form": "other",
-                "category": "num",
-                "rank": 2,
-                "arm": "ekfac/token",
-                "resolved": False,
-            },
-        ]  # fmt: skip
+            {**common, "rank": 1, "method": "bif", "resolved": False},
+            {**common, "rank": 2, "method": "ekfac", "resolved": False},
+            {**common, "level": "sequence", "rank": 1, "method": "gradsim", "resolved": True},
+        ]
     ).to_csv(folder / "benchmark_ranking.csv", index=False)
-    assert "- num: bif/token ≈ ekfac/token" in language_block(tmp_path)
+    text = language_block(tmp_path)
+    assert "- num: bif ≈ ekfac" in text and "gradsim" not in text  # per token only

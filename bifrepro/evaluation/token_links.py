@@ -277,21 +277,21 @@ def benchmark_tables(results: Rankings, qts: list[QueryToken]) -> tuple[pd.DataF
 def benchmark_ranking(
     per_query: pd.DataFrame, num_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> pd.DataFrame:
-    """Arms (``<method>/<level>``) ranked by mean reciprocal rank per scope, form and category,
-    each step resolved or not by a paired bootstrap over the queries
-    (:func:`bifrepro.evaluation.ranking.resolved_ranking`)."""
+    """Methods ranked by mean reciprocal rank per level (token or sequence: different questions,
+    never mixed), scope, form and category, each step resolved or not by a paired bootstrap over
+    the queries (:func:`bifrepro.evaluation.ranking.resolved_ranking`)."""
     cats = [concept_category(c) for c in per_query["concept"]]
     rows = []
     for col in (c for c in per_query.columns if c.startswith("rr_")):
         method, level, scope, form = col[3:].split("_", 3)
         for q, (rr, cat) in enumerate(zip(per_query[col], cats, strict=True)):
             for category in ("all", cat):
-                rows.append({"arm": f"{method}/{level}", "scope": scope, "form": form,
+                rows.append({"method": method, "level": level, "scope": scope, "form": form,
                              "category": category, "query": q, "rr": rr})  # fmt: skip
     return resolved_ranking(
-        pd.DataFrame(rows), method="arm", value="rr", unit="query",
-        by=["scope", "form", "category"], num_bootstrap=num_bootstrap, confidence=confidence,
-        seed=seed,
+        pd.DataFrame(rows), method="method", value="rr", unit="query",
+        by=["level", "scope", "form", "category"], num_bootstrap=num_bootstrap,
+        confidence=confidence, seed=seed,
     )  # fmt: skip
 
 

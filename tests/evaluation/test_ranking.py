@@ -74,5 +74,5 @@ def test_language_benchmark_ranking_per_category() -> None:
     out = benchmark_ranking(per_query, num_bootstrap=500)
     assert set(out["category"]) >= {"all"} and len(set(out["category"])) == 3
     top = out[(out["category"] == "all") & (out["rank"] == 1)].iloc[0]
-    assert top["arm"] == "bif/token" and bool(top["resolved"])
+    assert top["method"] == "bif" and top["level"] == "token" and bool(top["resolved"])
     assert set(out["scope"]) == {"all"} and set(out["form"]) == {"any"}
