@@ -32,6 +32,7 @@ from bifrepro.config.toy_hierarchy import (
     DeepLinearModelConfig,
     HierarchyDataConfig,
     ToyHierarchyConfig,
+    ToyRobustnessConfig,
 )
 from bifrepro.sampling.config import SGLDConfig
 from bifrepro.validation import bad as _bad
@@ -42,6 +43,7 @@ __all__ = [
     "DeepLinearModelConfig",
     "TrackingConfig",
     "ToyHierarchyConfig",
+    "ToyRobustnessConfig",
     "ValidatedConfig",
     "method_settings",
     "register_configs",

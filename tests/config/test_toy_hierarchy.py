@@ -10,6 +10,7 @@ from bifrepro.config.toy_hierarchy import (
     DeepLinearModelConfig,
     HierarchyDataConfig,
     ToyHierarchyConfig,
+    ToyRobustnessConfig,
 )
 
 
@@ -18,6 +19,7 @@ def test_schemas_are_registered_and_reexported() -> None:
         ("data", "hierarchy"),
         ("model", "deep_linear"),
         ("experiment_schema", "toy_hierarchy"),
+        ("experiment_schema", "toy_robustness"),
     }
     registered = {(g, n): s for g, n, s in config.all_schemas()}
     for group, name, schema in SCHEMAS:
@@ -25,6 +27,7 @@ def test_schemas_are_registered_and_reexported() -> None:
     assert config.ToyHierarchyConfig is ToyHierarchyConfig
     assert config.HierarchyDataConfig is HierarchyDataConfig
     assert config.DeepLinearModelConfig is DeepLinearModelConfig
+    assert config.ToyRobustnessConfig is ToyRobustnessConfig
 
 
 @pytest.mark.parametrize(
