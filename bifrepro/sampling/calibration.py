@@ -48,6 +48,9 @@ The rule
    query's top-``precision_k`` items is resolved beyond noise
    (:func:`~bifrepro.sampling.precision_target.draws_for_resolved`); ``num_draws`` is raised to
    it (never lowered, capped at ``max_draws``; ``precision_reachable`` says whether it fits).
+   The gaps between a query's top-k items are measured on one half of the pilot's draws with the
+   items ranked on the other (a short run's own ranking overstates its gaps); when the pilot's
+   rankings do not hold across its halves, the draws are set to ``max_draws``.
    With ``choose_thinning`` the chosen pilot's autocorrelation time ``τ`` (SGLD steps) and the
    cost model below pick the thinning with the most effective samples per unit cost (about
    ``τ`` when evaluating the observed items dominates) and rescale ``num_draws`` to keep the
@@ -104,7 +107,7 @@ from bifrepro.sampling.pilots import (
     run_pilot,
     seeded_subset,
 )
-from bifrepro.sampling.precision_target import draws_for_resolved
+from bifrepro.sampling.precision_target import draws_for_resolved, draws_for_resolved_crossfit
 from bifrepro.sampling.sampler import LossFn
 from bifrepro.sampling.step_grid import anchor_grid, coarse_grid
 from bifrepro.sampling.sweep_runs import load_sweep_runs
@@ -373,6 +376,10 @@ def calibrate_report(
                 if cal.max_draws is not None:
                     draws = min(draws, max(cal.max_draws, result.num_draws))
                 result = result.replace(num_draws=draws)
+            elif precision[1] is False and cal.max_draws is not None:
+                # the pilot cannot size the run (its top-k orders are noise): spend the budget
+                result = result.replace(num_draws=max(result.num_draws, cal.max_draws))
+                notes.append(f"draws set to max_draws={cal.max_draws}: the pilot cannot size them")
     for cand in candidates:  # keep the chosen pilot's traces only (memory)
         if cand is not chosen:
             cand.traces = None
@@ -501,7 +508,12 @@ def _precision_draws(
         return None, None
     unc = bif_standard_errors(traces["query"], traces["train"])
     k = min(cal.precision_k, traces["train"].shape[2] - 1)
-    needed = draws_for_resolved(unc, cal.target_resolved, k=k, num_chains=config.num_chains)
+    if traces["query"].shape[1] >= 8:  # ranked on one half of the draws, gaps on the other
+        needed = draws_for_resolved_crossfit(
+            traces["query"], traces["train"], cal.target_resolved, k=k, num_chains=config.num_chains
+        )
+    else:
+        needed = draws_for_resolved(unc, cal.target_resolved, k=k, num_chains=config.num_chains)
     budget = cal.max_draws if cal.max_draws is not None else math.inf
     reachable = needed <= budget
     shown = int(min(needed, 2**62))

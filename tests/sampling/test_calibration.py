@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -389,7 +390,7 @@ def test_precision_target_sets_the_draws_or_says_it_is_out_of_budget(problem):
     data, model, _ = problem
     xq, yq, _ = regression_problem(n=8, d=3, seed=1)
     queries = TensorDataset(xq, yq)
-    cal = CalibrationConfig(target_resolved=0.9, precision_k=5, bias_check=False, **_GRID)
+    cal = CalibrationConfig(target_resolved=0.5, precision_k=5, bias_check=False, **_GRID)
     report = calibrate_report(
         model, mse_loss, data, _config(), calibration=cal, query_data=queries, progress=False
     )
@@ -397,15 +398,22 @@ def test_precision_target_sets_the_draws_or_says_it_is_out_of_budget(problem):
     assert report.precision_reachable is True
     assert report.config.num_draws == report.draws_needed
     assert report.config.replace(num_draws=200, step_size=1e-4) == _config()
-    # The chosen pilot's standard errors, scaled to the real run, reach the target there.
+    # The draws come from the chosen pilot, ranked on one half of its draws, gaps on the other.
+    from bifrepro.sampling.precision_target import draws_for_resolved_crossfit
+
     pilot = report.chosen.traces
     assert pilot is not None
-    from bifrepro.sampling.uncertainty import bif_standard_errors, topk_resolved
-
-    unc = bif_standard_errors(pilot["query"], pilot["train"])
-    scale = (unc.num_chains * unc.num_draws / (4 * report.config.num_draws)) ** 0.5
-    unc.se = unc.se * scale
-    assert float(topk_resolved(unc, k=5).mean()) >= 0.9 - 1e-9
+    assert report.draws_needed == draws_for_resolved_crossfit(
+        pilot["query"], pilot["train"], 0.5, k=5, num_chains=4
+    )
+    # A target the pilot cannot size (its rankings do not hold across halves): the budget is
+    # spent and the note says why.
+    hard = dataclasses.replace(cal, target_resolved=0.9, max_draws=500)
+    spent = calibrate_report(
+        model, mse_loss, data, _config(), calibration=hard, query_data=queries, progress=False
+    )
+    assert spent.precision_reachable is False and spent.config.num_draws == 500
+    assert any("cannot size" in note for note in spent.notes)
     # Within a budget too small for it: capped, and said so.
     cal.max_draws = 300
     capped = calibrate_report(

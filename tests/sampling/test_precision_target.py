@@ -50,3 +50,30 @@ def test_ties_can_never_be_resolved():
         draws_for_resolved(u, 0.0, k=2)
     with pytest.raises(ValueError, match="k="):
         draws_for_resolved(u, 0.5, k=4)
+
+
+def test_crossfit_is_not_fooled_by_the_winners_curse() -> None:
+    """Pure noise (every training item has the same true score): ranking and measuring gaps on
+    the same draws promises resolution after finitely many draws; cross-fitting says never. With
+    a real, well-separated signal both give a finite answer."""
+    import math
+
+    from bifrepro.sampling.precision_target import draws_for_resolved_crossfit
+    from bifrepro.sampling.uncertainty import bif_standard_errors
+
+    g = torch.Generator().manual_seed(0)
+    c, d, n_q, n_t = 4, 200, 3, 40
+    query = torch.randn(c, d, n_q, generator=g, dtype=torch.float64)
+    noise = torch.randn(c, d, n_t, generator=g, dtype=torch.float64)
+    naive = draws_for_resolved(bif_standard_errors(query, noise), 0.5, k=5)
+    assert math.isfinite(naive)  # the naive estimate believes the noise ranking
+    assert math.isinf(draws_for_resolved_crossfit(query, noise, 0.5, k=5))
+    # a signal: the first 5 training items follow every query strongly, graded
+    weights = torch.zeros(n_t, dtype=torch.float64)
+    weights[:5] = torch.linspace(3.0, 1.0, 5)
+    shared = query.mean(-1, keepdim=True)
+    signal = noise + shared * weights
+    got = draws_for_resolved_crossfit(query, signal, 0.5, k=5)
+    assert math.isfinite(got) and got >= 1
+    with pytest.raises(ValueError, match="8 draws"):
+        draws_for_resolved_crossfit(query[:, :6], noise[:, :6], 0.5, k=5)
