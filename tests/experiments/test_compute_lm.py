@@ -106,19 +106,9 @@ def test_bad_settings_fail_before_compute(hydra_compose, tmp_path: Path, overrid
 def test_a_locally_saved_pythia_style_checkpoint(hydra_compose, tmp_path: Path):
     """model=pythia with a local folder (GPT-NeoX architecture, saved here): one size, nothing
     trained, both methods timed on it; no family to fit, so no extrapolation is claimed."""
-    from bifrepro.data.text import TextCorpusConfig, build_corpus
-    from bifrepro.data.tokenizer import train_bpe_tokenizer
-    from bifrepro.models.lm import CausalLMConfig, build_small_lm
+    from tests.experiments._hf_model import save_tiny_gpt_neox
 
-    corpus = build_corpus(
-        TextCorpusConfig(num_documents=60, num_queries=16, max_natural_sentences=8)
-    )
-    tok = train_bpe_tokenizer(corpus.all_texts() + [e.text.text for e in corpus.examples], 300)
-    arch = CausalLMConfig(arch="gpt_neox", hidden_size=16, num_layers=1, num_heads=2,
-                          intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    model = build_small_lm(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    model.save_pretrained(tmp_path / "hf_model")
-    tok.save_pretrained(tmp_path / "hf_model")
+    model = save_tiny_gpt_neox(tmp_path / "hf_model", num_documents=60, num_queries=16)
     cfg = hydra_compose(
         [*TINY, "model=pythia", f"model.name_or_path={tmp_path / 'hf_model'}",
          "model.local_files_only=true", f"results_dir={tmp_path}", "tracking.enabled=false"]

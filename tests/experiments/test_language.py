@@ -10,9 +10,8 @@ import torch
 
 import experiments.language as lang
 from bifrepro.config import ConfigError
-from bifrepro.data.tokenizer import train_bpe_tokenizer
-from bifrepro.models.lm import CausalLMConfig, build_small_lm
 from tests.experiments._calibration import FAST_CALIBRATION, assert_calibration_recorded
+from tests.experiments._hf_model import save_tiny_gpt_neox
 
 
 @pytest.fixture(autouse=True)
@@ -113,17 +112,7 @@ def test_run_writes_figures_tables_and_mlflow(
 
 def test_any_causal_lm_through_from_pretrained(hydra_compose, tmp_path) -> None:
     """model.name_or_path: a Hugging Face model folder this test saves (GPT-NeoX architecture)."""
-    from bifrepro.data.text import TextCorpusConfig, build_corpus
-
-    corpus = build_corpus(
-        TextCorpusConfig(num_documents=80, num_queries=4, max_natural_sentences=10)
-    )
-    tok = train_bpe_tokenizer(corpus.all_texts() + [e.text.text for e in corpus.examples], 300)
-    arch = CausalLMConfig(arch="gpt_neox", hidden_size=16, num_layers=1, num_heads=2,
-                          intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    model = build_small_lm(arch, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
-    model.save_pretrained(tmp_path / "hf_model")
-    tok.save_pretrained(tmp_path / "hf_model")
+    save_tiny_gpt_neox(tmp_path / "hf_model", num_documents=80, num_queries=4)
     cfg = hydra_compose(
         [*TINY, f"results_dir={tmp_path}", "tracking.enabled=false", "experiment.methods=[bif]",
          f"model.name_or_path={tmp_path / 'hf_model'}", "model.local_files_only=true"]
