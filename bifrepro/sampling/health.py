@@ -48,12 +48,12 @@ The rules (defaults in :class:`HealthThresholds`)
     ``ε_eff·(γ + nβ·λ_max(H))``), a *lower bound* on the stiffest curvature. For RMSProp-SGLD the
     lower bound sees only directions where the preconditioner sits at its ``1/rmsprop_eps`` cap,
     so a step can pass it and still be biased in stiff directions (the detail says so).
-``precision`` (:func:`run_health`, per-item traces)
+``precision`` (:func:`run_health`)
     Monte Carlo noise: the mean share of each query's top-k (``precision_k``) whose scores beat
     rank ``k+1`` by more than 1.96 combined batch-means standard errors is ``>= 0.5``
     (:func:`~bifrepro.sampling.uncertainty.topk_resolved`); the draws per chain that would get
     there (:func:`~bifrepro.sampling.precision_target.draws_for_resolved`) are recorded.
-    Per-token traces skip it (their score matrix is tokens × tokens).
+    Per-token traces are judged per token (query tokens × training tokens whose loss varies).
 Extra checks
     Checks computed elsewhere (e.g. the calibration's step-halving bias check, ``step_halving``)
     can be handed to :func:`assess_chains`, :func:`assess_traces` and :func:`run_health`
@@ -605,9 +605,11 @@ def check_precision(
 
     ``query`` and ``train`` are ``[C, D, n]`` traces; the first ``max_queries`` queries and
     ``max_train`` training items are used (the top-k among a subset is easier to resolve than
-    among all items, so a capped run is judged leniently; the detail says so). Per-token traces,
-    fewer than 2 training items and ``min_resolved_share = 0`` make the rule not apply (passed,
-    value NaN, the reason in the detail, no statistics); non-finite traces fail.
+    among all items, so a capped run is judged leniently; the detail says so). Per-token traces
+    (``[C, D, n, T]``) are judged per token: every (sequence, position) whose loss varies over the
+    draws is one item, so the rule asks whether each query token's top-k training tokens are
+    resolved. Fewer than 2 training items and ``min_resolved_share = 0`` make the rule not apply
+    (passed, value NaN, the reason in the detail, no statistics); non-finite traces fail.
     """
     th = thresholds or HealthThresholds()
     limit = th.min_resolved_share
@@ -618,9 +620,12 @@ def check_precision(
 
     if limit <= 0:
         return skip("off (min_resolved_share = 0)")
-    if query.dim() != 3 or train.dim() != 3:
-        return skip("n/a: per-token traces (the rule needs per-item scores)")
+    per_token = query.dim() > 3 or train.dim() > 3
+    if per_token:  # every (sequence, position) is one item; constant ones carry no score
+        query, train = _token_items(query), _token_items(train)
     n_query, n_train = query.shape[2], train.shape[2]
+    if n_query < 1:
+        return skip("n/a: no query item varies over the draws")
     if n_train < 2:
         return skip(f"n/a: {n_train} training item(s), no ranking to resolve")
     q = query[:, :, :max_queries] if max_queries else query
@@ -646,11 +651,24 @@ def check_precision(
         f"{share:.0%} of the top-{k} resolved beyond noise (SE median "
         f"{stats['score_se_median']:.3g}) vs >= {limit:.0%}"
     )
+    if per_token:
+        detail += "; per token (query tokens x training tokens)"
     if q.shape[2] < n_query or t.shape[2] < n_train:
-        detail += f"; {q.shape[2]}/{n_query} queries, {t.shape[2]}/{n_train} training items"
+        what = "tokens" if per_token else "items"
+        detail += f"; {q.shape[2]}/{n_query} query {what}, {t.shape[2]}/{n_train} training {what}"
     if not ok:
         detail += f"; ~{stats['draws_for_target']:.0f} draws per chain would reach it"
     return HealthCheck("precision", share, limit, ok, detail), stats
+
+
+def _token_items(x: torch.Tensor) -> torch.Tensor:
+    """``[C, D, n, T...]`` -> ``[C, D, items]``: token axes flattened into items, keeping only the
+    items whose loss varies over the draws (position 0 and padding are constant; non-finite items
+    are kept so that the finiteness check sees them)."""
+    flat = x.reshape(*x.shape[:2], -1)
+    spread = flat.amax(dim=(0, 1)) - flat.amin(dim=(0, 1))
+    keep = (spread > 0) | ~torch.isfinite(spread)
+    return flat[:, :, keep]
 
 
 def _append_extra(report: HealthReport, extra_checks: Sequence[HealthCheck | None]) -> None:
@@ -905,11 +923,10 @@ def run_health(
     """Chain health of a finished BIF run, as every experiment reports it.
 
     ``num_params``: sampled parameters (``requires_grad``); default ``traces.num_params`` (a
-    ``ValueError`` if the traces do not record it either). The detrending effect and the
-    ``precision`` rule (:func:`check_precision`, on the first ``precision_queries`` queries and
-    ``precision_items`` training items) are computed for per-item traces
-    (``[chains, draws, items]``) of observables ``query`` and ``train``; per-token traces skip
-    them (their score matrix would be tokens x tokens; the precision check says so).
+    ``ValueError`` if the traces do not record it either). The ``precision`` rule
+    (:func:`check_precision`, on the first ``precision_queries`` queries and ``precision_items``
+    training items; tokens for per-token traces) judges observables ``query`` and ``train``; the
+    detrending effect is computed for per-item traces (``[chains, draws, items]``) only.
     ``step_curvature``: the calibration's measured ``ε·λ_max(P^½(nβH + γI)P^½)`` for the step rule;
     ``extra_checks``: checks computed elsewhere (e.g. ``step_halving``), counted in the verdict.
     """

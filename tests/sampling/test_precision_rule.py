@@ -120,12 +120,10 @@ def test_run_health_fails_on_unresolved_scores_and_only_because_of_precision():
     assert "health/resolved_share" not in off.metrics
 
 
-def test_precision_caps_queries_and_items_and_skips_per_token_traces():
+def test_precision_caps_queries_and_items():
     query, train = _factor_traces(4, 400, STRONG, seed=8)
     check, _ = check_precision(query, train, max_queries=2, max_train=20)
-    assert "2/5 queries, 20/50 training items" in check.detail
-    per_token = check_precision(query[..., None].expand(-1, -1, -1, 3), train)[0]
-    assert per_token.passed and "per-token" in per_token.detail and math.isnan(per_token.value)
+    assert "2/5 query items, 20/50 training items" in check.detail
     nan_train = train.clone()
     nan_train[0, 3, 2] = math.nan
     broken, stats = check_precision(query, nan_train)
@@ -133,6 +131,37 @@ def test_precision_caps_queries_and_items_and_skips_per_token_traces():
     # k is lowered for a small training set; one training item has nothing to rank
     assert "top-5" in check_precision(query, train[..., :6])[0].detail
     assert check_precision(query, train[..., :1])[0].passed
+
+
+def _as_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``[C, D, n]`` -> ``[C, D, n/(length-1), length]``: position 0 of every sequence scores a
+    constant 0 (as a causal LM's first token), the items fill positions 1.. in order."""
+    c, d, n = x.shape
+    per_seq = length - 1
+    assert n % per_seq == 0
+    tokens = torch.zeros(c, d, n // per_seq, length, dtype=x.dtype)
+    tokens[..., 1:] = x.reshape(c, d, n // per_seq, per_seq)
+    return tokens
+
+
+def test_per_token_traces_are_judged_per_token():
+    """The same latent-factor problem laid out as sequences of tokens: the rule flattens the
+    token axes, drops the constant position-0 tokens, and reaches the per-item verdict."""
+    for draws, seed, resolved in ((2000, 9, True), (25, 10, False)):
+        query, train = _factor_traces(4, draws, STRONG, seed=seed)
+        per_item, item_stats = check_precision(query, train)
+        per_token, token_stats = check_precision(_as_tokens(query, 6), _as_tokens(train, 11))
+        assert per_token.passed is resolved and per_item.passed is resolved
+        assert "per token" in per_token.detail
+        assert per_token.value == pytest.approx(per_item.value)
+        assert token_stats["draws_for_target"] == pytest.approx(item_stats["draws_for_target"])
+    # caps count tokens; a train-only token axis (query items are single tokens) works too
+    query, train = _factor_traces(4, 400, STRONG, seed=11)
+    capped = check_precision(query, _as_tokens(train, 11), max_train=20)[0]
+    assert "20/50 training tokens" in capped.detail
+    # nothing varies: nothing to judge
+    flat = torch.zeros(4, 400, 2, 3, dtype=torch.float64)
+    assert "no query item varies" in check_precision(flat, _as_tokens(train, 11))[0].detail
 
 
 def test_precision_thresholds_are_validated():
