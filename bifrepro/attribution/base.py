@@ -265,15 +265,14 @@ class CausalLMTask(AttributionTask):
 
     def _token_nll(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[B, T]``: ``-log p(x_s | x_<s)`` at predicted position ``s`` (0 where ignored)."""
-        target = labels[:, 1:]
-        valid = target != -100
+        # position s predicts token s+1; the last position predicts nothing (ignored). Scoring
+        # the whole [B, T, V] tensor avoids copying the logits of positions < T-1 (half the
+        # cost of the loss on a small LM); ignored targets score exactly 0.
+        target = F.pad(labels[:, 1:], (0, 1), value=-100)
         nll = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            target.masked_fill(~valid, 0).flatten(),
-            reduction="none",
+            logits.flatten(0, 1).float(), target.flatten(), reduction="none", ignore_index=-100
         ).view_as(target)
-        nll = nll * valid
-        return F.pad(nll, (1, 0))
+        return F.pad(nll[:, :-1], (1, 0))
 
     def _count(self, labels: torch.Tensor) -> torch.Tensor:
         return (labels[:, 1:] != -100).sum(dim=1).clamp_min(1)
