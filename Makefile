@@ -63,11 +63,11 @@ format: $(STAMP)  ## Auto-format with ruff
 bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
 	$(PY) bench/bench_sampler.py
 
-bench-accuracy: $(STAMP)  ## BIF accuracy against exact answers (linear/logistic regression, MLP, per token) -> results/accuracy/, README (<= 15 min)
+bench-accuracy: $(STAMP)  ## BIF accuracy against exact answers (linear/logistic regression, MLP, per token) -> results/accuracy/, docs/accuracy.md (<= 15 min)
 	$(PY) bench/accuracy.py
 	$(PY) -m bifrepro.report
 
-report: $(STAMP)  ## Regenerate the README blocks (numbers, tables) from results/
+report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) from results/
 	$(PY) -m bifrepro.report
 
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)

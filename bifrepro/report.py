@@ -1,9 +1,11 @@
-"""README blocks generated from the files under ``results/`` (``make report``).
+"""Generated blocks of README.md and docs/**/*.md, from the files under ``results/``.
 
-Numbers quoted in the README are never typed by hand: each generated block sits between
-``<!-- report:<name>:begin -->`` and ``<!-- report:<name>:end -->`` and is rewritten from the
-results tables by :func:`render_readme`. ``python -m bifrepro.report --check`` exits 1 when a
-committed block differs from what the results say (a test runs the same check).
+Numbers quoted in the README and the docs are never typed by hand: each generated block sits
+between ``<!-- report:<name>:begin -->`` and ``<!-- report:<name>:end -->`` and is rewritten from
+the results tables by the generator registered under ``<name>`` in :data:`BLOCKS` (rounding rules:
+``_num``, ``_sci``, ``_ci``). ``python -m bifrepro.report`` (``make report``) rewrites every block
+of every such file; ``--check`` exits 1 naming each file and block that differs from what the
+results say (a test runs the same check).
 """
 
 from __future__ import annotations
@@ -18,15 +20,34 @@ from pathlib import Path
 import pandas as pd
 
 from bifrepro.evaluation.ranking import ranking_text
+from bifrepro.io import atomic_write_text
 
 __all__ = [
     "BLOCKS",
     "ReportError",
     "accuracy_block",
+    "accuracy_headline",
+    "block_names",
+    "calibration_block",
+    "claims_block",
+    "compute_grid_block",
+    "compute_headline",
+    "compute_lm_block",
+    "language_block",
+    "language_headline",
     "lds_block",
-    "vision_block",
-    "render_readme",
+    "lds_headline",
     "main",
+    "render_readme",
+    "render_text",
+    "report_files",
+    "stagewise_block",
+    "stagewise_headline",
+    "stale_blocks",
+    "toy_block",
+    "toy_headline",
+    "vision_block",
+    "vision_headline",
 ]
 
 
@@ -339,7 +360,6 @@ def vision_block(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-#: README block name -> its generator (results folder -> markdown).
 def compute_lm_block(results_dir: Path) -> str:
     """The LM-family compute comparison: the summary ``experiments/compute_lm.py`` writes from its
     measurements (``results/compute/lm_family/summary.md``; ``make reproduce-compute``)."""
@@ -552,15 +572,645 @@ def _require(path: Path) -> Path:
     return path
 
 
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(_require(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON ({err})") from err
+
+
+def _mean_sd(values: pd.Series, digits: int = 2) -> str:
+    """``mean ± s.d.`` over seeds (s.d. with n − 1; a single value has no spread)."""
+    sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return f"{_num(float(values.mean()), digits)} ± {_num(sd, digits)}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{x:.0%}"
+
+
+# --- calibrated against hand-picked steps (docs/sampling.md) -------------------------------------
+
+
+def _toy_calibration_row(results_dir: Path) -> list[str] | None:
+    path = Path(results_dir) / "toy_hierarchy" / "calibration" / "calibration_vs_hand_picked.csv"
+    if not path.is_file():
+        return None
+    t = _read_csv(path)
+    hand, auto = (
+        t[t["sampler"] == s].set_index("sampler_seed") for s in ("hand-picked", "sampler=auto")
+    )
+    seeds = sorted(set(hand.index) & set(auto.index))
+    hand, auto = hand.loc[seeds], auto.loc[seeds]
+    parts = []
+    for col, name in (("spearman_bif_loo_mean", "Spearman vs leave-one-out"),
+                      ("sign_agreement_bif_loo_mean", "sign agreement with leave-one-out"),
+                      ("sign_flip_fraction_bif", "sign-flip share")):  # fmt: skip
+        diff = auto[col] - hand[col]
+        parts.append(
+            f"{name} {_mean_sd(hand[col])} → {_mean_sd(auto[col])} (paired difference per seed "
+            f"{float(diff.min()):+.2f}…{float(diff.max()):+.2f}; higher in "
+            f"{int((diff > 0).sum())} of {len(seeds)})"
+        )
+    healthy = f"healthy at {_pct(hand['chains_healthy_fraction'].mean())} → "
+    healthy += f"{_pct(auto['chains_healthy_fraction'].mean())} of checkpoints"
+    return [
+        "toy (`results/toy_hierarchy/calibration/`)",
+        _sci(float(hand["step_size"].iloc[0])),
+        _sci(float(auto["step_size"].iloc[0])),
+        "; ".join(parts),
+        str(len(seeds)),
+        healthy,
+        _pct(float(auto["calibration_cost_fraction"].mean())),
+    ]
+
+
+def _calibrated_metrics(folder: Path) -> tuple[dict, dict]:
+    saved = _json(folder / "metrics.json")
+    return saved, saved["metrics"]
+
+
+def _lds_calibration_row(results_dir: Path) -> list[str] | None:
+    folder = Path(results_dir) / "lds" / "calibrated"
+    if not (folder / "metrics.json").is_file():
+        return None
+    saved, m = _calibrated_metrics(folder)
+    lds = _read_csv(folder / "lds.csv")
+    parts = []
+    for method, g in lds.groupby("method", sort=False):
+        if method.startswith("BIF"):
+            values = "/".join(_num(v) for v in g.sort_values("alpha")["lds"])
+            parts.append(f"{method} {values}")
+    alphas = "/".join(f"{a:g}" for a in sorted(lds["alpha"].unique()))
+    data = saved.get("data", {})
+    name = data.get("name", "?") if isinstance(data, dict) else str(data)
+    return [
+        f"LDS ({name}, `results/lds/calibrated/`)",
+        _sci(m.get("calibration/hand_picked_step_size", float("nan"))),
+        _sci(m["calibration/step_size"]),
+        f"calibrated run only: LDS at α = {alphas}: "
+        + "; ".join(parts)
+        + " (the hand-picked run on the same data is not in `results/`)",
+        "1",
+        f"{'healthy' if m.get('bif/health/healthy') else 'UNHEALTHY'}; ESS "
+        f"{m.get('bif/health/ess_median', float('nan')):.0f}",
+        f"{_pct(m['calibration/cost_fraction'])}, {m['calibration/seconds']:.0f} s",
+    ]
+
+
+def _vision_calibration_row(results_dir: Path) -> list[str] | None:
+    base = Path(results_dir) / "imagenet"
+    folder = base / "mnist5k_calibrated"
+    if not (folder / "metrics.json").is_file():
+        return None
+    _, m = _calibrated_metrics(folder)
+
+    def agreement(path: Path) -> str:
+        t = _read_csv(path / "label_agreement.csv")
+        t = t[(t["method"] == "bif") & (t["direction"] == "helpful")].sort_values("k")
+        return "/".join(_num(v) for v in t["agreement"])
+
+    ks = "/".join(
+        str(int(k)) for k in sorted(_read_csv(folder / "label_agreement.csv")["k"].unique())
+    )
+    hand = agreement(base / "mnist5k") if (base / "mnist5k").is_dir() else "not in `results/`"
+    return [
+        "vision stand-in (MNIST-5k, `results/imagenet/mnist5k_calibrated/`)",
+        _sci(m.get("calibration/hand_picked_step_size", float("nan"))),
+        _sci(m["calibration/step_size"]),
+        f"BIF top-{ks} label agreement {hand} → {agreement(folder)}",
+        "1",
+        f"{'healthy' if m.get('bif/health/healthy') else 'UNHEALTHY'}; ESS "
+        f"{m.get('bif/health/ess_median', float('nan')):.0f}",
+        f"{_pct(m['calibration/cost_fraction'])}, {m['calibration/seconds']:.0f} s",
+    ]
+
+
+def _language_calibration_row(results_dir: Path) -> list[str] | None:
+    path = Path(results_dir) / "language" / "calibration" / "comparison.csv"
+    if not path.is_file():
+        return None
+    t = _read_csv(path).set_index("run")
+    hand, cal = t.loc["hand-picked"], t.loc["calibrated"]
+
+    def scores(r: pd.Series) -> str:
+        return (f"token P@1 {_num(r['token_same_concept_p_at_1'])}, MRR "
+                f"{_num(r['token_same_concept_mrr'])}, cross-form P@1 "
+                f"{_num(r['token_cross_form_p_at_1'])}")  # fmt: skip
+
+    return [
+        "language (RMSProp, `results/language/calibration/`)",
+        _sci(float(hand["step_size"])),
+        _sci(float(cal["step_size"])),
+        f"{scores(hand)} → {scores(cal)}",
+        "1",
+        f"{'healthy' if bool(cal['healthy']) else 'UNHEALTHY'}; ESS {float(cal['ess']):.0f}",
+        f"{int(cal['calibration_candidates_run'])} pilot(s), {float(cal['calibration_seconds']):.0f}"
+        f" s ({_pct(float(cal['calibration_cost_fraction_actual']))} of the run's forward passes)",
+    ]
+
+
+def calibration_block(results_dir: Path) -> str:
+    """Calibrated against hand-picked step sizes per experiment, from the calibration files under
+    ``results/`` (rows whose files are missing are left out and named)."""
+    results_dir = Path(results_dir)
+    makers = {
+        "toy": _toy_calibration_row,
+        "LDS": _lds_calibration_row,
+        "vision": _vision_calibration_row,
+        "language": _language_calibration_row,
+    }
+    rows, missing = [], []
+    for name, make in makers.items():
+        row = make(results_dir)
+        (rows.append(row) if row else missing.append(name))
+    lines = [
+        "Calibrated (`calibration=auto` / `sampler=auto`) against the hand-picked step, same "
+        "model, data and draws; *seeds* is the number of sampler seeds behind the row (with one "
+        "seed there is no spread: differences within the CIs of the experiment's own tables are "
+        "not resolved).",
+        "",
+        _row(
+            [
+                "experiment",
+                "hand-picked ε",
+                "calibrated ε",
+                "result, hand-picked → calibrated",
+                "seeds",
+                "chains",
+                "pilots",
+            ]
+        ),  # fmt: skip
+        _row(["---"] * 7),
+        *(_row(r) for r in rows),
+    ]
+    stagewise = Path(results_dir) / "stagewise_lm" / "metrics.json"
+    if stagewise.is_file() and _json(stagewise).get("calibration") is None:
+        missing.append("stagewise LM (`calibration: null` in `results/stagewise_lm/metrics.json`)")
+    if missing:
+        lines += ["", "No committed calibration result for: " + ", ".join(missing) + "."]
+    lines += _bad_step_lines(results_dir)
+    return "\n".join(lines)
+
+
+def _bad_step_lines(results_dir: Path) -> list[str]:
+    """The deliberately bad step on the LDS task against the calibrated run, and the exhaustive
+    grid of small steps."""
+    bad, cal = results_dir / "lds" / "bad_step", results_dir / "lds" / "calibrated"
+    lines: list[str] = []
+    if (bad / "metrics.json").is_file() and (cal / "lds.csv").is_file():
+        saved, m = _calibrated_metrics(bad)
+        step = saved.get("bif_sampler", {}).get("step_size", float("nan"))
+        b, c = _read_csv(bad / "lds.csv"), _read_csv(cal / "lds.csv")
+        parts = []
+        for method in [x for x in dict.fromkeys(b["method"]) if x.startswith("BIF")]:
+            bb = b[b["method"] == method].set_index("alpha")["lds"]
+            cc = c[c["method"] == method].set_index("alpha")["lds"]
+            lower = [a for a in bb.index if bb[a] < cc.get(a, float("nan"))]
+            where = (
+                "every α"
+                if len(lower) == len(bb)
+                else ("α = " + ", ".join(f"{a:g}" for a in lower) if lower else "no α")
+            )
+            parts.append(f"{method} {'/'.join(_num(v) for v in bb.sort_index())} (lower than "
+                         f"calibrated at {where})")  # fmt: skip
+        verdict = "healthy" if m.get("bif/health/healthy") else "UNHEALTHY"
+        lines += ["", f"A deliberately bad step, ε = {_sci(step)} on the LDS task "
+                  f"(`results/lds/bad_step/`, 1 seed): ε·γ = {m.get('bif/health/step_times_gamma', float('nan')):.2g}, "
+                  f"R-hat {m.get('bif/health/rhat', float('nan')):.3f}, ESS "
+                  f"{m.get('bif/health/ess_median', float('nan')):.0f}; verdict {verdict}; LDS "
+                  + "; ".join(parts) + "."]  # fmt: skip
+    grid = cal / "calibration_exhaustive" / "calibration.csv"
+    if grid.is_file():
+        g = _read_csv(grid)
+        ok = g[g["healthy"].astype(bool)]
+        rules = sorted({part.split(":")[0].strip() for text in g.loc[~g["healthy"].astype(bool),
+                        "reasons"].dropna() for part in str(text).split(";")})  # fmt: skip
+        lines += ["", f"An exhaustive grid of smaller steps on the same task "
+                  f"(`results/lds/calibrated/calibration_exhaustive/`): {len(g)} steps from "
+                  f"{_sci(g['step_size'].min())} to {_sci(g['step_size'].max())}; healthy: "
+                  + (", ".join(_sci(x) for x in ok["step_size"]) or "none")
+                  + f"; the others fail {', '.join(rules) or 'no rule'}."]  # fmt: skip
+    return lines
+
+
+# --- headline tables (README) ---------------------------------------------------------------------
+
+
+def toy_headline(results_dir: Path) -> str:
+    """Sign flips over sampler and initialisation seeds, and BIF against leave-one-out over the
+    hand-picked sampler's seeds."""
+    rob = _json(Path(results_dir) / "toy_robustness" / "metrics.json")
+    rm, exp = rob["metrics"], rob["experiment"]
+    n_s, n_i = len(exp["sampler_seeds"]), len(exp["init_seeds"])
+    lines = [
+        _row(["quantity", "BIF", "leave-one-out", "analytic", "seeds"]),
+        _row(["---"] * 5),
+        _row(
+            [
+                "share of pairs whose influence flips sign (one run)",
+                f"{_num(rm['single_run_flip_share_mean'])} ± {_num(rm['single_run_flip_share_sd'])}",
+                _num(rm["flip_fraction_loo"]),
+                _num(rm["flip_fraction_analytic"]),
+                f"{n_s} sampler × {n_i} init; mean ± s.d.",
+            ]
+        ),  # fmt: skip
+        _row(
+            [
+                "share of pairs whose flip is robust (both extremes resolved over seeds)",
+                _num(rm["robust_flip_fraction"]),
+                "–",
+                "–",
+                f"{n_s} sampler × {n_i} init",
+            ]
+        ),  # fmt: skip
+    ]
+    path = Path(results_dir) / "toy_hierarchy" / "calibration" / "calibration_vs_hand_picked.csv"
+    if path.is_file():
+        t = _read_csv(path)
+        hand = t[t["sampler"] == "hand-picked"]
+        lines.append(_row([
+            "Spearman of BIF with leave-one-out over pairs", _mean_sd(hand["spearman_bif_loo_mean"]),
+            "–", "–", f"{len(hand)} sampler seeds; mean ± s.d.",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def accuracy_headline(results_dir: Path) -> str:
+    """``sampler=auto`` per bench task: Spearman against the exact answer over sampler seeds."""
+    summary = _read_csv(Path(results_dir) / "accuracy" / "summary.csv")
+    auto = summary[summary["setting"] == "auto"]
+    lines = [
+        _row(["task", "Spearman vs truth (mean ± s.d.)", "best setting", "seeds", "health"]),
+        _row(["---"] * 5),
+    ]
+    for _, r in auto.iterrows():
+        best = summary[summary["task"] == r["task"]]["spearman_cov_mean"].max()
+        lines.append(_row([
+            f"`{r['task']}`", f"{_num(r['spearman_cov_mean'])} ± {_num(r['spearman_cov_sd'])}",
+            _num(best), str(int(r["seeds"])), _verdict(r).split(" (")[0],
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def vision_headline(results_dir: Path) -> str:
+    """Top-k label agreement per method with CIs; BIF's spread over sampler seeds."""
+    from bifrepro.config.imagenet import DEFAULT_STANDIN
+
+    folder = Path(results_dir) / "imagenet" / DEFAULT_STANDIN
+    if not folder.is_dir():
+        folder = Path(results_dir) / "imagenet" / "mnist5k"
+    table = _read_csv(folder / "label_agreement.csv")
+    helpful = table[table["direction"] == "helpful"]
+    ks = sorted(int(k) for k in helpful["k"].unique())
+    ks = [ks[0], ks[-1]]
+    methods = [m for m in _GALLERY_NAMES if m in set(helpful["method"])]
+    seeds = _read_csv(folder / "bif_seeds.csv") if (folder / "bif_seeds.csv").is_file() else None
+    saved = _json(folder / "metrics.json")
+    trak = saved.get("config", {}).get("experiment", {}).get("trak_num_checkpoints")
+    lines = [_row(["method", *[f"agreement@{k}" for k in ks], "seeds"]), _row(["---"] * 4)]
+    for method in methods:
+        by = helpful[helpful["method"] == method].set_index("k")
+        cells = [_ci(by.at[k, "agreement"], by.at[k, "ci_low"], by.at[k, "ci_high"]) for k in ks]
+        if seeds is not None and method in set(seeds["method"]):
+            s = seeds[seeds["method"] == method]
+            note = (f"{s['sampler_seed'].nunique()} sampler seeds, spread ≤ "
+                    f"{_num(float(s['spread'].max()))}")  # fmt: skip
+        elif method == "trak":
+            note = f"{trak} models" if trak else "an ensemble (its size is not in `metrics.json`)"
+        else:
+            note = "1 seed"
+        lines.append(_row([_GALLERY_NAMES[method], *cells, note]))
+    n = int(helpful["n_queries"].max())
+    lines += ["", f"{n} queries (`{folder.relative_to(results_dir)}/`); chance "
+              f"{_num(float(helpful['chance'].max()))}; 95% bootstrap CIs over queries."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def lds_headline(results_dir: Path) -> str:
+    """LDS per α of each method's main arm, with the seeds behind each."""
+    folder = Path(results_dir) / "lds"
+    lds = _read_csv(folder / "lds.csv")
+    if "arm" in lds.columns:
+        lds = lds[lds["arm"] == "main"]
+    saved = _json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    methods = list(dict.fromkeys(lds["method"]))
+    lines = [_row(["α", *methods]), _row(["---"] * (len(methods) + 1))]
+    for alpha, g in lds.groupby("alpha", sort=True):
+        by = g.set_index("method")
+        cells = [_ci(by.at[m, "lds"], by.at[m, "ci_low"], by.at[m, "ci_high"]) for m in methods]
+        lines.append(_row([f"{alpha:g}", *cells]))
+    bif_seeds = len(saved.get("bif_seeds") or [0])
+    spread = ""
+    if (folder / "lds_bif_seeds.csv").is_file():
+        s = _read_csv(folder / "lds_bif_seeds.csv")
+        spread = f" (s.d. of the per-seed LDS ≤ {_num(float(s['seed_std'].max()))})"
+    lines += [
+        "",
+        f"Spearman per query, mean over {int(lds['num_queries'].max())} queries, 95% bootstrap "
+        f"CI; {int(lds['num_subsets'].max())} subsets × {int(lds['num_seeds'].max())} retraining "
+        f"seeds per α; BIF: scores averaged over {bif_seeds} sampler seed(s){spread}; TRAK: "
+        f"{saved.get('trak_num_checkpoints', 1)} models; EK-FAC, GradSim: 1 trained model.",
+    ]
+    return "\n".join(lines)
+
+
+_TOKEN_METHODS = {"bif": "BIF", "ekfac": "EK-FAC"}
+
+
+def language_headline(results_dir: Path) -> str:
+    """Cross-form precision@1 per category: BIF against EK-FAC, per token, with the paired
+    ranking."""
+    folder = Path(results_dir) / "language"
+    t = _read_csv(folder / "benchmark.csv")
+    t = t[(t["subset"] == "all") & (t["scope"] == "all") & (t["level"] == "token")]
+    t = t[t["form"] == "other"]
+    ranking = _read_csv(folder / "benchmark_ranking.csv")
+    ranking = ranking[(ranking["level"] == "token") & (ranking["scope"] == "all")
+                      & (ranking["form"] == "other")]  # fmt: skip
+    lines = [
+        _row(["category", "queries", "BIF P@1", "EK-FAC P@1", "paired (reciprocal rank)"]),
+        _row(["---"] * 5),
+    ]
+    for cat in ["all", *sorted(c for c in t["category"].unique() if c != "all")]:
+        by = t[t["category"] == cat].set_index("method")
+        if "bif" not in by.index:
+            continue
+        g = ranking[ranking["category"] == cat]
+        lines.append(_row([
+            cat, str(int(by.at["bif", "num_queries"])), _num(by.at["bif", "precision_at_1"]),
+            _num(by.at["ekfac", "precision_at_1"]) if "ekfac" in by.index else "–",
+            ranking_text(g.assign(method=g["method"].map(lambda m: _TOKEN_METHODS.get(m, m)))) if len(g) else "–",
+        ]))  # fmt: skip
+    lines += ["", "Cross-form: links to another surface form only (3 → three, elle → she); 1 "
+              "sampler seed, 1 trained model; `>` paired 95% CI over query tokens excludes 0, "
+              "`≈` not resolved."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def stagewise_headline(results_dir: Path) -> str:
+    """The stagewise block, with the seeds it rests on."""
+    return stagewise_block(results_dir) + (
+        "\n\nOne training seed and one sampler seed (no spread over seeds yet)."
+    )
+
+
+def compute_headline(results_dir: Path) -> str:
+    """Measured and extrapolated EK-FAC / BIF time ratios (one timing run per size)."""
+    m = _json(Path(results_dir) / "compute" / "lm_family" / "metrics.json")["metrics"]
+    extra = _read_csv(Path(results_dir) / "compute" / "lm_family" / "extrapolation.csv")
+    ratio = float(extra.set_index("model").at["pythia-2.8b", "ratio_ekfac_over_bif"])
+    grid = _json(Path(results_dir) / "compute" / "metrics.json")["metrics"]
+    return "\n".join([
+        _row(["setting", "EK-FAC time / BIF time", "source"]),
+        _row(["---"] * 3),
+        _row(["CNN grid, base sizes", _sci(grid["ratio/time_EK-FAC_over_BIF"]),
+              "measured (`results/compute/`)"]),
+        _row(["LM family, smallest", _sci(m["ratio/smallest_ekfac_over_bif"]),
+              "measured (`results/compute/lm_family/`)"]),
+        _row([f"LM family, largest ({m['largest_num_params']:.3g} parameters)",
+              _sci(m["ratio/largest_ekfac_over_bif"]), "measured"]),
+        _row(["Pythia-2.8B", _sci(ratio), "extrapolated from fitted power laws"]),
+        "",
+        "Paper: about 100 (BIF two orders of magnitude cheaper). One timing run per size on "
+        "CPU (1 thread; no repeated seeds: timings, not estimates).",
+    ])  # fmt: skip
+
+
+# --- what reproduces and what does not (README) ------------------------------------------------
+
+
+def _order(ranking: pd.DataFrame, a: str, b: str) -> str:
+    """``>`` when ``a`` ranks above ``b`` with a resolved step between them, ``<`` the reverse,
+    ``≈`` otherwise (from a ranking table of one setting)."""
+    r = ranking.sort_values("rank").reset_index(drop=True)
+    pos = {m: i for i, m in enumerate(r["method"])}
+    if a not in pos or b not in pos:
+        return "n/a"
+    lo, hi = sorted((pos[a], pos[b]))
+    if not r.loc[lo : hi - 1, "resolved"].astype(bool).any():
+        return "≈"
+    return ">" if pos[a] < pos[b] else "<"
+
+
+def _main_paired(results_dir: Path) -> pd.DataFrame:
+    """BIF's main arms paired against EK-FAC (every α)."""
+    paired = _read_csv(Path(results_dir) / "lds" / "lds_paired_vs_ekfac.csv")
+    if "arm" in paired.columns:
+        paired = paired[paired["arm"] == "main"]
+    return paired[paired["method"].str.startswith("BIF")]
+
+
+def _lds_seeds(results_dir: Path) -> str:
+    lds = _read_csv(Path(results_dir) / "lds" / "lds.csv")
+    path = Path(results_dir) / "lds" / "metrics.json"
+    bif = len(_json(path).get("bif_seeds") or [0]) if path.is_file() else 1
+    return f"BIF {bif} sampler seed(s), averaged; {int(lds['num_seeds'].max())} retraining seeds"
+
+
+def _lds_claim(results_dir: Path) -> str:
+    paired = _main_paired(results_dir)
+    parts = []
+    for method, g in paired[paired["method"].str.startswith("BIF")].groupby("method", sort=False):
+        worse = int((g["ci_high"] < 0).sum())
+        better = int((g["ci_low"] > 0).sum())
+        parts.append(f"{method} − EK-FAC resolved below 0 at {worse}, above 0 at {better}, "
+                     f"not resolved at {len(g) - worse - better} of {len(g)} α")  # fmt: skip
+    return "; ".join(parts)
+
+
+def _vision_seeds(folder: Path) -> str:
+    path = folder / "bif_seeds.csv"
+    n = _read_csv(path)["sampler_seed"].nunique() if path.is_file() else 1
+    return f"BIF {n} sampler seed(s); EK-FAC 1"
+
+
+def _toy_verdict(rm: dict) -> str:
+    """``reproduces`` when BIF's robust flips match leave-one-out's at every depth of the common
+    ancestor, else the depths where they fall short."""
+    depths = sorted({k.split("/")[0] for k in rm if k.startswith("depth")})
+    short = [d for d in depths if rm[f"{d}/robust_flip_fraction"] < rm[f"{d}/flip_fraction_loo"]]
+    if not short:
+        return "reproduces"
+    names = ", ".join(_DEPTH_NAMES.get(int(d.removeprefix("depth")), d) for d in short)
+    return f"partly: BIF resolves fewer flips than leave-one-out for {names} pairs"
+
+
+def _lds_verdict(paired: pd.DataFrame) -> str:
+    below, above = int((paired["ci_high"] < 0).sum()), int((paired["ci_low"] > 0).sum())
+    if above and not below:
+        return "BIF ahead here"
+    if below and not above:
+        return "EK-FAC ahead or tied at every α: not reproduced"
+    return "reproduces (tied at every α)" if not (above or below) else "mixed"
+
+
+def claims_block(results_dir: Path) -> str:
+    """One line per paper claim with the numbers that decide it, and a verdict computed from
+    them (never typed)."""
+    results_dir = Path(results_dir)
+    lines = [_row(["claim (paper)", "here", "verdict", "seeds"]), _row(["---"] * 4)]
+    rob = _json(results_dir / "toy_robustness" / "metrics.json")
+    rm, exp = rob["metrics"], rob["experiment"]
+    robust = rm["robust_flip_fraction"]
+    lines.append(_row([
+        "influence between items changes sign as stages are learned (toy)",
+        f"leave-one-out flips at {_num(rm['flip_fraction_loo'])} of pairs; BIF robustly at "
+        f"{_num(robust)} (cross-kingdom pairs: {_num(rm.get('depth0/robust_flip_fraction', float('nan')))})",
+        _toy_verdict(rm), f"{len(exp['sampler_seeds'])} sampler × "
+        f"{len(exp['init_seeds'])} init",
+    ]))  # fmt: skip
+    from bifrepro.config.imagenet import DEFAULT_STANDIN
+
+    folder = results_dir / "imagenet" / DEFAULT_STANDIN
+    if (folder / "label_agreement_ranking.csv").is_file():
+        ranking = _read_csv(folder / "label_agreement_ranking.csv")
+        raw = {int(k): _order(g, "bif", "ekfac") for k, g in ranking.groupby("k")}
+        rel = {int(k): _order(g, "bif", "ekfac_relatif") for k, g in ranking.groupby("k")}
+        fmt = ", ".join
+        lines.append(_row([
+            "BIF's top images share the query's class more often than EK-FAC's (vision)",
+            "BIF vs EK-FAC raw at k = " + fmt(f"{k}: {v}" for k, v in raw.items())
+            + "; vs RelatIF: " + fmt(f"{k}: {v}" for k, v in rel.items()),
+            "against raw EK-FAC only" if ">" in raw.values() and ">" not in rel.values()
+            else ("reproduces" if ">" in rel.values() else "not resolved"),
+            _vision_seeds(folder),
+        ]))  # fmt: skip
+    lines.append(_row([
+        "BIF ≈ EK-FAC on LDS (LDS)", _lds_claim(results_dir),
+        _lds_verdict(_main_paired(results_dir)),
+        _lds_seeds(results_dir),
+    ]))  # fmt: skip
+    bench = _read_csv(results_dir / "language" / "benchmark.csv")
+    cross = bench[(bench["subset"] == "all") & (bench["scope"] == "all")
+                  & (bench["level"] == "token") & (bench["form"] == "other")]  # fmt: skip
+    bif = cross[cross["method"] == "bif"].set_index("category")["precision_at_1"]
+    ek = cross[cross["method"] == "ekfac"].set_index("category")["precision_at_1"]
+    zero = sorted(c for c in bif.index if c != "all" and bif[c] == 0)
+    lines.append(_row([
+        "per-token BIF links translations and concepts across forms (language)",
+        f"cross-form P@1 BIF {_num(bif.get('all'))} vs EK-FAC {_num(ek.get('all'))}; BIF 0.00 in "
+        f"{len(zero)} of {len(bif) - 1} categories ({', '.join(zero)})",
+        (f"not for {', '.join(zero)}" if zero else "reproduces"), "1 sampler seed",
+    ]))  # fmt: skip
+    m = _json(results_dir / "stagewise_lm" / "metrics.json")["metrics"]
+    ratio = m.get("class_change/ratio_induction_over_control", float("nan"))
+    lines.append(_row([
+        "influence changes at a developmental stage (stagewise LM)",
+        f"class-level change {ratio:.2g}× larger across the induction transition than before it",
+        "larger across the transition; controls not in this block" if ratio > 1 else "not reproduced", "1 training, 1 sampler seed",
+    ]))  # fmt: skip
+    extra = _read_csv(results_dir / "compute" / "lm_family" / "extrapolation.csv")
+    r = float(extra.set_index("model").at["pythia-2.8b", "ratio_ekfac_over_bif"])
+    lines.append(_row([
+        "BIF far cheaper than EK-FAC at Pythia-2.8B (compute)",
+        f"EK-FAC / BIF time extrapolated to Pythia-2.8B: {_sci(r)}",
+        "does not reproduce" if r < 10 else "reproduces", "1 timing run per size",
+    ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def compute_grid_block(results_dir: Path) -> str:
+    """The CNN cost grid (``results/compute/``): times at the base sizes, log-log slopes, the
+    crossover and the draws BIF needs to match EK-FAC's LDS."""
+    folder = Path(results_dir) / "compute"
+    grid = _json(folder / "metrics.json")
+    m = grid["metrics"]
+    slopes = _read_csv(folder / "slopes.csv")
+    slopes = slopes[slopes["quantity"] == "total_seconds"].set_index(["method", "axis"])["slope"]
+    mem = _read_csv(folder / "slopes.csv")
+    mem = mem[mem["quantity"] == "peak_mb"].set_index(["method", "axis"])["slope"]
+    methods = list(dict.fromkeys(slopes.index.get_level_values(0)))
+    axes = ["n_train", "n_query", "num_params"]
+    lines = [
+        f"Device: {grid.get('device', 'n/a')}; one timing run per grid point (no seeds).",
+        "",
+        _row(["method", *[f"time slope in {a}" for a in axes], *[f"memory slope in {a}" for a in axes]]),
+        _row(["---"] * (1 + 2 * len(axes))),
+    ]  # fmt: skip
+    for method in methods:
+        cells = [_num(slopes.get((method, a), float("nan"))) for a in axes]
+        cells += [_num(mem.get((method, a), float("nan"))) for a in axes]
+        lines.append(_row([method, *cells]))
+    ratios = ", ".join(f"{k.split('_', 1)[1].replace('_over_', ' / ')} {_sci(v)}"
+                       for k, v in m.items() if k.startswith("ratio/time_"))  # fmt: skip
+    cross = m.get("crossover/model_q_at_n_base", float("nan"))
+    lines += ["", f"Time ratios at the base sizes: {ratios}. Fitted crossover in q at the base n: "
+              f"{cross:g}."]  # fmt: skip
+    path = folder / "time_to_equal_lds.csv"
+    if path.is_file():
+        t = _read_csv(path)
+        parts = []
+        for est, g in t.groupby("bif_estimator", sort=False):
+            each = ", ".join(
+                f"α = {r.alpha:g}: " + (f"{r.draws_to_equal:.0f} draws ({r.seconds_to_equal:.1f} s)"
+                                       if r.reached else "never")
+                for r in g.itertuples()
+            )  # fmt: skip
+            parts.append(f"- BIF ({est}): {each}")
+        ek = float(t["ekfac_seconds"].iloc[0])
+        lines += ["", f"Draws (all chains) BIF needs to reach EK-FAC's LDS (EK-FAC: "
+                  f"{ek:.1f} s; one sampler seed):", "", *parts]  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- the registry and the files it rewrites -----------------------------------------------------
+
+#: Block name -> its generator (results folder -> markdown). A block may appear in README.md and in
+#: any docs/**/*.md file; a new generator is one function above and one entry here (reserved for
+#: the lead: ``stagewise_controls``, ``language_scale``).
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    # full results, in docs/experiments/*.md and docs/accuracy.md
     "toy": toy_block,
     "accuracy": accuracy_block,
     "lds": lds_block,
     "vision": vision_block,
     "compute_lm": compute_lm_block,
+    "compute_grid": compute_grid_block,
     "stagewise": stagewise_block,
     "language": language_block,
+    "calibration": calibration_block,
+    # the README's front page: one headline table per experiment and the claims
+    "toy_headline": toy_headline,
+    "accuracy_headline": accuracy_headline,
+    "vision_headline": vision_headline,
+    "lds_headline": lds_headline,
+    "language_headline": language_headline,
+    "stagewise_headline": stagewise_headline,
+    "compute_headline": compute_headline,
+    "claims": claims_block,
 }
+
+_MARKER = re.compile(r"<!-- report:([A-Za-z0-9_]+):(begin|end) -->")
+
+
+def report_files(root: Path) -> list[Path]:
+    """The files ``make report`` rewrites: ``README.md`` and every Markdown file under ``docs/``."""
+    root = Path(root)
+    files = [root / "README.md"] if (root / "README.md").is_file() else []
+    return files + sorted((root / "docs").rglob("*.md"))
+
+
+def block_names(text: str, source: str = "text") -> list[str]:
+    """Names of the generated blocks in ``text``, in order; a marker without its partner, a
+    nested block or an unknown name is an error naming ``source``."""
+    names, open_name = [], None
+    for match in _MARKER.finditer(text):
+        name, kind = match.groups()
+        if name not in BLOCKS:
+            raise ReportError(f"{source}: unknown block {name!r} (known: {', '.join(BLOCKS)})")
+        if kind == "begin":
+            if open_name is not None:
+                raise ReportError(f"{source}: block {name!r} begins inside {open_name!r}")
+            open_name = name
+        else:
+            if open_name != name:
+                raise ReportError(f"{source}: block {name!r} ends without its begin marker")
+            names.append(name)
+            open_name = None
+    if open_name is not None:
+        raise ReportError(f"{source}: block {open_name!r} has no end marker")
+    return names
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -569,36 +1219,74 @@ def _pattern(name: str) -> re.Pattern[str]:
     )
 
 
-def render_readme(text: str, results_dir: Path) -> str:
-    """``text`` with every generated block present in it rewritten from ``results_dir``."""
-    for name, make in BLOCKS.items():
-        pattern = _pattern(name)
-        if pattern.search(text):
-            body = make(results_dir)
-            text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+def render_text(
+    text: str, results_dir: Path, source: str = "text", cache: dict[str, str] | None = None
+) -> str:
+    """``text`` with every generated block in it rewritten from ``results_dir`` (``cache`` shares
+    the rendered blocks between files)."""
+    cache = {} if cache is None else cache
+    for name in dict.fromkeys(block_names(text, source)):
+        if name not in cache:
+            try:
+                cache[name] = BLOCKS[name](Path(results_dir))
+            except ReportError as err:
+                raise ReportError(f"{source}: block {name!r}: {err}") from err
+            except (OSError, KeyError, ValueError) as err:  # a generator's missing file or column
+                raise ReportError(f"{source}: block {name!r}: {type(err).__name__}: {err}") from err
+        body = cache[name]
+        text = _pattern(name).sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
     return text
 
 
+def render_readme(text: str, results_dir: Path) -> str:
+    """``text`` (a README or a docs page) with every generated block rewritten from
+    ``results_dir``."""
+    return render_text(text, results_dir)
+
+
+def stale_blocks(old: str, new: str) -> list[str]:
+    """Names of the blocks whose content differs between ``old`` and ``new``."""
+    stale = []
+    for name in dict.fromkeys(block_names(new)):
+        before, after = _pattern(name).findall(old), _pattern(name).findall(new)
+        if [b[1] for b in before] != [a[1] for a in after]:
+            stale.append(name)
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate the README blocks from results/.")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser = argparse.ArgumentParser(
+        description="Regenerate the blocks of README.md and docs/**/*.md from results/."
+    )
+    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
+    parser.add_argument(
+        "--readme", "--file", dest="files", type=Path, action="append",
+        help="rewrite only this file (repeatable); default: README.md and docs/**/*.md",
+    )  # fmt: skip
+    parser.add_argument("--results", type=Path, default=None, help="default: <root>/results")
     parser.add_argument("--check", action="store_true", help="exit 1 if a block is out of date")
     args = parser.parse_args(argv)
-    old = args.readme.read_text()
-    try:
-        new = render_readme(old, args.results)
+    files = args.files or report_files(args.root)
+    results = args.results if args.results is not None else args.root / "results"
+    cache: dict[str, str] = {}
+    rendered = {}
+    try:  # render everything before writing anything
+        for path in files:
+            old = path.read_text()
+            rendered[path] = (old, render_text(old, results, str(path), cache))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    changed = {p: (o, n) for p, (o, n) in rendered.items() if o != n}
     if args.check:
-        if new != old:
-            print(f"{args.readme}: generated blocks are out of date; run `make report`")
-            return 1
-        return 0
-    if new != old:
-        args.readme.write_text(new)
-        print(f"{args.readme}: blocks rewritten from {args.results}")
+        for path, (old, new) in changed.items():
+            print(
+                f"{path}: out of date blocks {', '.join(stale_blocks(old, new))}; run `make report`"
+            )
+        return 1 if changed else 0
+    for path, (_, new) in changed.items():
+        atomic_write_text(path, new)
+        print(f"{path}: blocks rewritten from {results}")
     return 0
 
 

@@ -73,6 +73,11 @@ def test_committed_readme_matches_the_committed_results() -> None:
     assert main(args) == 0
 
 
+def test_committed_readme_and_docs_match_the_committed_results() -> None:
+    """Every generated block of README.md and docs/**/*.md is what results/ says."""
+    assert main(["--check", "--root", str(ROOT)]) == 0
+
+
 def test_lds_block_marks_only_differences_whose_ci_excludes_zero(tmp_path: Path) -> None:
     from bifrepro.report import lds_block
 
@@ -387,3 +392,164 @@ def test_language_block_reports_every_category_and_the_resolved_ranking(tmp_path
     ).to_csv(folder / "benchmark_ranking.csv", index=False)
     text = language_block(tmp_path)
     assert "- num: bif ≈ ekfac" in text and "gradsim" not in text  # per token only
+
+
+DOC = "# page\n<!-- report:accuracy:begin -->\nstale\n<!-- report:accuracy:end -->\nend\n"
+
+
+def test_docs_pages_are_rewritten_and_check_names_the_file_and_block(
+    tmp_path: Path, capsys
+) -> None:
+    """Blocks live in README.md and in docs/**/*.md; `--check` names each stale file and block,
+    and a plain run rewrites all of them."""
+    from bifrepro.report import report_files
+
+    _write_results(tmp_path / "results")
+    (tmp_path / "README.md").write_text("no blocks here\n")
+    page = tmp_path / "docs" / "experiments" / "x.md"
+    page.parent.mkdir(parents=True)
+    page.write_text(DOC)
+    assert report_files(tmp_path) == [tmp_path / "README.md", page]
+    assert main(["--check", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{page}: out of date blocks accuracy" in out and "README.md" not in out
+    assert main(["--root", str(tmp_path)]) == 0
+    assert "0.81 ± 0.01" in page.read_text() and "stale" not in page.read_text()
+    assert (tmp_path / "README.md").read_text() == "no blocks here\n"
+    assert main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_nothing_is_written_when_one_file_cannot_be_rendered(tmp_path: Path) -> None:
+    _write_results(tmp_path / "results")
+    (tmp_path / "README.md").write_text(DOC)
+    bad = tmp_path / "docs" / "bad.md"
+    bad.parent.mkdir()
+    bad.write_text("<!-- report:lds:begin -->\n<!-- report:lds:end -->\n")  # no LDS results
+    assert main(["--root", str(tmp_path)]) == 2
+    assert "stale" in (tmp_path / "README.md").read_text()  # the good file was not touched
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("<!-- report:nope:begin -->\n<!-- report:nope:end -->\n", "unknown block 'nope'"),
+        ("<!-- report:toy:begin -->\n", "'toy' has no end marker"),
+        ("<!-- report:toy:end -->\n", "'toy' ends without its begin marker"),
+        (
+            "<!-- report:toy:begin -->\n<!-- report:lds:begin -->\n",
+            "'lds' begins inside 'toy'",
+        ),
+    ],
+)
+def test_malformed_markers_are_errors_naming_the_file(text: str, message: str) -> None:
+    from bifrepro.report import render_text
+
+    with pytest.raises(ReportError, match=f"page.md: .*{message}"):
+        render_text(text, Path("."), source="page.md")
+
+
+def test_every_marker_in_the_repository_has_a_generator() -> None:
+    from bifrepro.report import BLOCKS, block_names, report_files
+
+    used = set()
+    for path in report_files(ROOT):
+        used |= set(block_names(path.read_text(), str(path)))
+    assert used <= set(BLOCKS)
+    headline = {"claims", "toy_headline", "vision_headline", "lds_headline", "language_headline",
+                "stagewise_headline", "compute_headline", "accuracy_headline"}  # fmt: skip
+    assert headline <= set(block_names((ROOT / "README.md").read_text()))
+
+
+def test_the_readme_is_a_front_page_with_each_experiment_in_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 230
+    for name in ("toy", "vision", "lds", "language", "stagewise", "compute", "compute_lm"):
+        page = ROOT / "docs" / "experiments" / f"{name}.md"
+        assert page.is_file() and f"docs/experiments/{name}.md" in readme
+    for page, block in [("accuracy.md", "accuracy"), ("sampling.md", "calibration"),
+                        ("experiments/language.md", "language"),
+                        ("experiments/stagewise.md", "stagewise")]:  # fmt: skip
+        assert f"<!-- report:{block}:begin -->" in (ROOT / "docs" / page).read_text()
+
+
+def _prose(text: str) -> str:
+    """``text`` without code blocks, generated blocks and inline code."""
+    import re
+
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(
+        r"<!-- report:(\w+):begin -->.*?<!-- report:\1:end -->", "", text, flags=re.DOTALL
+    )
+    return re.sub(r"`[^`]*`", "", text)
+
+
+def test_the_readme_types_no_measured_number_by_hand() -> None:
+    """Outside generated blocks and code the README quotes no decimal result (0.95, 1.2×, 35 min)."""
+    import re
+
+    prose = _prose((ROOT / "README.md").read_text()).replace("3.11–3.13", "")
+    assert not re.findall(r"\d\.\d+|\d+ ?(?:min|s)\b|\d+×", prose)
+
+
+def _calibration_results(root: Path) -> Path:
+    import json
+
+    folder = root / "toy_hierarchy" / "calibration"
+    folder.mkdir(parents=True)
+    rows = [
+        ("hand-picked", s, 1e-4, sp, 0.7, 0.8, 1.0, None)
+        for s, sp in ((0, 0.50), (1, 0.40), (2, 0.45))
+    ] + [
+        ("sampler=auto", s, 9e-4, sp, 0.7, 0.6, 1.0, 0.06)
+        for s, sp in ((0, 0.52), (1, 0.41), (2, 0.44))
+    ]
+    cols = ["sampler", "sampler_seed", "step_size", "spearman_bif_loo_mean",
+            "sign_agreement_bif_loo_mean", "sign_flip_fraction_bif", "chains_healthy_fraction",
+            "calibration_cost_fraction"]  # fmt: skip
+    pd.DataFrame(rows, columns=cols).to_csv(folder / "calibration_vs_hand_picked.csv", index=False)
+    (root / "stagewise_lm").mkdir()
+    (root / "stagewise_lm" / "metrics.json").write_text(json.dumps({"calibration": None}))
+    return root
+
+
+def test_calibration_block_pairs_seeds_and_names_missing_evidence(tmp_path: Path) -> None:
+    from bifrepro.report import calibration_block
+
+    text = calibration_block(_calibration_results(tmp_path))
+    # Spearman 0.45 ± 0.05 → 0.46 ± 0.06 over 3 seeds; paired differences +0.02, +0.01, −0.01
+    assert "Spearman vs leave-one-out 0.45 ± 0.05 → 0.46 ± 0.06" in text
+    assert "paired difference per seed -0.01…+0.02; higher in 2 of 3" in text
+    assert "| 0.0001 | 0.0009 |" in text and "| 3 |" in text
+    assert "No committed calibration result for: LDS, vision, language, stagewise LM" in text
+    assert "`calibration: null`" in text
+
+
+def test_claims_verdicts_come_from_the_paired_intervals() -> None:
+    from bifrepro.report import _lds_verdict, _order
+
+    paired = pd.DataFrame({"ci_low": [-0.2, -0.1], "ci_high": [-0.1, 0.1]})
+    assert _lds_verdict(paired) == "EK-FAC ahead or tied at every α: not reproduced"
+    assert _lds_verdict(paired.assign(ci_low=[-0.1, -0.1], ci_high=[0.1, 0.1])).startswith(
+        "reproduces"
+    )
+    assert _lds_verdict(paired.assign(ci_low=[0.1, -0.1], ci_high=[0.2, 0.1])) == "BIF ahead here"
+    ranking = pd.DataFrame(
+        {"rank": [1, 2, 3], "method": ["a", "b", "c"], "resolved": [False, True, False]}
+    )
+    assert _order(ranking, "a", "b") == "≈"
+    assert _order(ranking, "a", "c") == ">" and _order(ranking, "c", "a") == "<"
+    assert _order(ranking, "a", "zzz") == "n/a"
+
+
+def test_a_generator_error_names_the_file_and_block(tmp_path: Path, monkeypatch) -> None:
+    """Generators registered later may raise FileNotFoundError or KeyError: still a ReportError
+    naming the page and the block."""
+    from bifrepro import report
+
+    def missing(results_dir: Path) -> str:
+        raise FileNotFoundError("x/metrics.json is missing")
+
+    monkeypatch.setitem(report.BLOCKS, "later", missing)
+    text = "<!-- report:later:begin -->\n<!-- report:later:end -->\n"
+    with pytest.raises(ReportError, match="page.md: block 'later': FileNotFoundError: x/metrics"):
+        report.render_text(text, tmp_path, source="page.md")
