@@ -30,7 +30,7 @@ from bifrepro.dynamics.lm_checkpoints import LMCheckpoints
 from bifrepro.dynamics.stagewise_data import StagewiseData
 from bifrepro.io import atomic_torch_save
 from bifrepro.sampling import SGLDConfig
-from bifrepro.sampling.health import HealthThresholds, assess_traces
+from bifrepro.sampling.health import HealthThresholds, assess_traces, check_precision
 from bifrepro.sampling.parameters import count_sampled_parameters
 from bifrepro.traces import LossTraces
 
@@ -82,6 +82,21 @@ def _add_health(
         health_failed=[c.name for c in health.failed],
         num_params=int(traces.num_params),  # type: ignore[arg-type]
     )
+
+
+def _add_token_precision(
+    result: dict[str, Any],
+    query: torch.Tensor,
+    train: torch.Tensor,
+    thresholds: HealthThresholds | None,
+) -> None:
+    """The precision rule at token level, recorded but not part of the verdict.
+
+    The stagewise analysis reads class-level averages, whose own standard errors it reports; the
+    share of each query token's top-k training tokens resolved beyond noise says how far the
+    token-pair panels can be read (``check_precision``)."""
+    check, stats = check_precision(query, train, thresholds)
+    result["token_precision"] = {**stats, "passed": bool(check.passed), "detail": check.detail}
 
 
 def _token_weights(mask: torch.Tensor) -> torch.Tensor:
@@ -143,6 +158,10 @@ def _reuse(
         )
         traces = LossTraces.load(path.parent / "traces")
         _add_class_influence(result, traces["query"], traces["train"], data, settings)
+        atomic_torch_save(result, path)
+    if "token_precision" not in result:
+        traces = LossTraces.load(path.parent / "traces")
+        _add_token_precision(result, traces["query"], traces["train"], thresholds)
         atomic_torch_save(result, path)
     if "health" not in result:
         label = result["label"]
@@ -209,6 +228,7 @@ def run_checkpoint(
         chain=traces.diagnostics.to_metrics("chain/"),
     )
     _add_health(result, traces, thresholds, evidence)
+    _add_token_precision(result, q, t, thresholds)
     result["seconds"] = time.perf_counter() - t0
     atomic_torch_save(result, path)
     log.info(

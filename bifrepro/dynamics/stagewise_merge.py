@@ -168,6 +168,10 @@ def _checkpoint_table(m: StagewiseMerge, results: list[dict[str, Any]]) -> pd.Da
         "rhat": [r.get("chain", {}).get("chain/rhat", nan) for r in results],
         "ess_projected": health("ess_projected"), "distance_ratio": health("distance_ratio"),
         "trend_share": health("trend_share"),
+        "token_topk_resolved": [r.get("token_precision", {}).get("resolved_share", nan) for r in results],
+        "token_draws_for_target": [
+            r.get("token_precision", {}).get("draws_for_target", nan) for r in results
+        ],
         "step_size": [r.get("sampler", {}).get("step_size", nan) for r in results],
         "seconds": [r["seconds"] for r in results],
         "chain_summary": [r.get("summary", "") for r in results],

@@ -120,6 +120,8 @@ def test_all_in_process_writes_figures_tables_and_mlflow(all_run) -> None:
     assert ck.health_summary.str.startswith("chains ").all()
     assert (ck.step_size == 1e-4).all()
     assert metrics["chains_healthy_fraction"] == pytest.approx(ck.chains_healthy.mean())
+    # token-level precision is recorded per checkpoint (informational, not in the verdict)
+    assert ck.token_topk_resolved.between(0, 1).all() and (ck.token_draws_for_target > 0).all()
     # the model learns: the loss at the last checkpoint is below the first
     assert ck.loss_train_observed.iloc[-1] < ck.loss_train_observed.iloc[0]
     cls = pd.read_csv(out / "class_influence.csv")
@@ -250,12 +252,18 @@ def test_killed_training_and_checkpoint_jobs_resume(hydra_compose, monkeypatch, 
     assert {"health/healthy", "health/ess_projected", "health/trend_share_ok"} <= set(first)
     # a result written before the health rules existed gets them from its traces, unsampled
     old = torch.load(result, weights_only=False)
-    for key in ("health", "health_summary", "health_failed", "health_healthy"):
+    saved_precision = old["token_precision"]
+    assert (
+        0.0 <= saved_precision["resolved_share"] <= 1.0 and "per token" in saved_precision["detail"]
+    )
+    for key in ("health", "health_summary", "health_failed", "health_healthy", "token_precision"):
         del old[key]
     torch.save(old, result)
     upgraded = sw.run(_cfg(hydra_compose, tmp_path, *job))
     assert upgraded == pytest.approx(first, nan_ok=True)
-    assert "health_summary" in torch.load(result, weights_only=False)
+    upgraded_result = torch.load(result, weights_only=False)
+    assert "health_summary" in upgraded_result
+    assert upgraded_result["token_precision"]["resolved_share"] == saved_precision["resolved_share"]
     # without its result file, the job is rebuilt from the complete on-disk traces
     result.unlink()
     monkeypatch.undo()
