@@ -62,6 +62,10 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
         "--observable-dtype", choices=["float32", "bfloat16"], default="float32",
         help="bifrepro's observable forward precision (SGLDConfig.observable_dtype)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-bf16-arm", action="store_true",
+        help="skip the extra bifrepro run with bfloat16 observables (same seed as the first run)",
+    )  # fmt: skip
     p.add_argument("--out", type=str, default=None, help="output folder (default results/language)")
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--child", choices=["bifrepro", "devinterp"], help=argparse.SUPPRESS)
@@ -193,21 +197,24 @@ def _in_our_order(res: dict) -> torch.Tensor:
     return res["scores"][inv][:, inv]
 
 
-def _launch(which: str, spec: Path, seed: int, args: argparse.Namespace, tmp: Path) -> dict:
-    result = tmp / f"{which}-{seed}.pt"
+def _launch(
+    which: str, spec: Path, seed: int, args: argparse.Namespace, tmp: Path, dtype: str | None = None
+) -> dict:
+    dtype = dtype or args.observable_dtype
+    result = tmp / f"{which}-{seed}-{dtype}.pt"
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--child", which, "--spec", str(spec),
         "--seed", str(seed), "--result", str(result), "--chains", str(args.chains),
         "--draws", str(args.draws), "--burn-in", str(args.burn_in),
         "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
-        "--observable-dtype", args.observable_dtype,
+        "--observable-dtype", dtype,
     ]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{which} child failed:\n{proc.stderr[-4000:]}")
-    log.info("%s (seed %d) done in %.1f s", which, seed, time.perf_counter() - t0)
+    log.info("%s (seed %d, %s) done in %.1f s", which, seed, dtype, time.perf_counter() - t0)
     return torch.load(result, weights_only=False)
 
 
@@ -254,6 +261,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )  # fmt: skip
         ours = _launch("bifrepro", spec, 0, args, tmp)
         theirs = _launch("devinterp", spec, 0, args, tmp)
+        # bfloat16 observables on the same draws (same seed: the SGLD steps stay float32), so
+        # its agreement with `ours` isolates the rounding error from Monte Carlo noise
+        half = None
+        if not args.no_bf16_arm and args.observable_dtype != "bfloat16":
+            half = _launch("bifrepro", spec, 0, args, tmp, dtype="bfloat16")
         ours2 = _launch("bifrepro", spec, 1, args, tmp)
     a, b, a2 = _in_our_order(ours), _in_our_order(theirs), _in_our_order(ours2)
     agree = _agreement(a, b)
@@ -274,6 +286,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "devinterp_nan_fraction": float((~torch.isfinite(b)).double().mean()),
         "entries_compared": agree["entries"],
     }
+    if half is not None:
+        same_draws = _agreement(a, _in_our_order(half))
+        metrics.update(
+            bifrepro_bf16_seconds=half["seconds"],
+            speedup_bf16=theirs["seconds"] / half["seconds"],
+            bf16_vs_float32_same_draws_pearson=same_draws["pearson"],
+            bf16_vs_float32_same_draws_spearman=same_draws["spearman"],
+        )
     setting = {
         "chains": args.chains, "draws": args.draws, "burn_in": args.burn_in,
         "observed_sequences": args.num_observed, "seq_len": args.seq_len,
@@ -296,6 +316,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         {"quantity": "Spearman vs bifrepro seed 0", "bifrepro": noise["spearman"],
          "devinterp": agree["spearman"], "ratio_devinterp_over_bifrepro": float("nan")},
     ]  # fmt: skip
+    if half is not None:
+        rows.append(
+            {"quantity": "wall seconds, bifrepro with bfloat16 observables",
+             "bifrepro": half["seconds"], "devinterp": theirs["seconds"],
+             "ratio_devinterp_over_bifrepro": metrics["speedup_bf16"]}
+        )  # fmt: skip
+        rows.append(
+            {"quantity": "Pearson, bfloat16 vs float32 observables on the same draws",
+             "bifrepro": metrics["bf16_vs_float32_same_draws_pearson"], "devinterp": float("nan"),
+             "ratio_devinterp_over_bifrepro": float("nan")}
+        )  # fmt: skip
     atomic_write_csv(pd.DataFrame(rows).round(4), out_dir / "devinterp_comparison.csv")
     atomic_write_json(
         {"metrics": metrics, "setting": setting}, out_dir / "devinterp_comparison.json"
@@ -313,6 +344,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{metrics['peak_memory_ratio']:.2f}x lower; score agreement Pearson "
         f"{agree['pearson']:.3f} (bifrepro seed-to-seed {noise['pearson']:.3f})"
     )
+    if half is not None:
+        print(
+            f"bifrepro with bfloat16 observables: {metrics['speedup_bf16']:.2f}x faster than "
+            f"devinterp; same draws as float32: Pearson "
+            f"{metrics['bf16_vs_float32_same_draws_pearson']:.3f}"
+        )
     return metrics
 
 

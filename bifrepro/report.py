@@ -563,6 +563,15 @@ def language_block(results_dir: Path) -> str:
             f"devinterp's scores agree with bifrepro's as well as a second bifrepro seed does "
             f"(Pearson {float(agree):.3f} vs {float(ref):.3f}).",
         ]
+        bf16 = "wall seconds, bifrepro with bfloat16 observables"
+        if bf16 in d.index:
+            same = d.at["Pearson, bfloat16 vs float32 observables on the same draws", "bifrepro"]
+            lines[-1] += (
+                f" With bfloat16 observable forwards (`sampler.observable_dtype=bfloat16`): "
+                f"{float(d.at[bf16, 'bifrepro']):.0f} s, "
+                f"{float(d.at[bf16, 'bifrepro']) / float(theirs):.2f} of devinterp's time; its "
+                f"scores match float32 on the same draws at Pearson {float(same):.3f}."
+            )
     return "\n".join(lines)
 
 

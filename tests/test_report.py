@@ -392,6 +392,24 @@ def test_language_block_reports_every_category_and_the_resolved_ranking(tmp_path
     ).to_csv(folder / "benchmark_ranking.csv", index=False)
     text = language_block(tmp_path)
     assert "- num: bif ≈ ekfac" in text and "gradsim" not in text  # per token only
+    rows = [
+        ("wall seconds", 80.0, 100.0),
+        ("peak RSS increase (MB)", 200.0, 480.0),
+        ("Pearson vs bifrepro seed 0", 0.12, 0.11),
+    ]
+    table = pd.DataFrame(rows, columns=["quantity", "bifrepro", "devinterp"])
+    table.to_csv(folder / "devinterp_comparison.csv", index=False)
+    text = language_block(tmp_path)
+    assert "bifrepro 80 s vs devinterp 100 s (0.80 of its wall time" in text
+    assert "bfloat16" not in text
+    bf16 = [
+        ("wall seconds, bifrepro with bfloat16 observables", 45.0, 100.0),
+        ("Pearson, bfloat16 vs float32 observables on the same draws", 0.987, None),
+    ]
+    table = pd.DataFrame(rows + bf16, columns=["quantity", "bifrepro", "devinterp"])
+    table.to_csv(folder / "devinterp_comparison.csv", index=False)
+    text = language_block(tmp_path)
+    assert "45 s, 0.45 of devinterp's time" in text and "Pearson 0.987" in text
 
 
 DOC = "# page\n<!-- report:accuracy:begin -->\nstale\n<!-- report:accuracy:end -->\nend\n"
