@@ -473,6 +473,18 @@ def stagewise_block(results_dir: Path) -> str:
         f"Chains healthy at {m['chains_healthy_fraction']:.0%} of {m['num_checkpoints']:.0f} "
         "checkpoints."
     )
+    checkpoints = folder / "checkpoints.csv"
+    if checkpoints.is_file():
+        ck = _read_csv(checkpoints)
+        if "token_topk_resolved" in ck.columns:
+            share, draws = ck["token_topk_resolved"], ck["token_draws_for_target"]
+            lines.append(
+                f"Token level, {share.min():.0%}–{share.max():.0%} of each query token's top-10 "
+                "training tokens are resolved beyond Monte Carlo noise (the precision rule asks "
+                f"for 50%; about {draws.median():.0f} draws per chain would reach it, median over "
+                "checkpoints): the token-pair panels are mostly noise. The class-level numbers "
+                "below average over many tokens and carry their own standard errors."
+            )
     if "class_change/ratio_induction_over_control" in m:
         lines.append(
             "Class-level influence (correlation) changes "

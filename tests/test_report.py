@@ -358,6 +358,11 @@ def test_stagewise_block_names_the_changes_that_survive_the_partial_correlation(
     text = stagewise_block(tmp_path)
     assert "onset step 611" in text and "partial" not in text
     pd.DataFrame(
+        {"token_topk_resolved": [0.15, 0.03, 0.05], "token_draws_for_target": [5100, 6300, 4000]}
+    ).to_csv(folder / "checkpoints.csv", index=False)
+    text = stagewise_block(tmp_path)
+    assert "3%–15% of each query token's top-10" in text and "about 5100 draws" in text
+    pd.DataFrame(
         {"query_class": ["number", "number", "other"], "train_class": ["number", "other", "other"],
          "correlation_significant": [True, True, False], "survives_partial": [True, False, False]}
     ).to_csv(folder / "class_changes_by_estimator.csv", index=False)  # fmt: skip
