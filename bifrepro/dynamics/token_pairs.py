@@ -32,6 +32,12 @@ class TokenPairPanel:
     rows: list[dict[str, Any]] = field(default_factory=list)
     #: Share of all (classified) pairs of the panel whose influence changes sign.
     sign_flip_fraction: float = math.nan
+    #: How many (classified) pairs the chosen ones were picked from (the strongest of many
+    #: noisy curves look stronger than they are).
+    num_candidates: int = 0
+    #: ``[T]`` median standard error of one token-pair score per checkpoint (correlation
+    #: estimator, from the token-level precision rule), or None where not recorded.
+    noise_se: np.ndarray | None = None
 
 
 def _context(s_text: list[str], pos: int, width: int = 4) -> str:
@@ -146,4 +152,8 @@ def token_pair_panel(
             })  # fmt: skip
     valid = ((q_cls[:, None] >= 0) & (t_cls[None, :] >= 0)).ravel()
     panel.sign_flip_fraction = float(sign_flips(flat[:, valid], threshold).mean())
+    panel.num_candidates = int(valid.sum())
+    se = [r.get("token_precision", {}).get("score_se_median", math.nan) for r in results]
+    if estimator == "correlation" and np.isfinite(se).all():
+        panel.noise_se = np.asarray(se, dtype=float)
     return panel

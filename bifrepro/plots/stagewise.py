@@ -251,8 +251,12 @@ def plot_token_pairs(
     healthy: Sequence[bool] | None = None,
     ylabel: str = "corr.",
     title: str = "Token pairs whose influence changes sign",
+    noise_se: Sequence[float] | None = None,
 ) -> Figure:
-    """One panel per (query token, training token) pair: ``curves`` is ``[T, P]``."""
+    """One panel per (query token, training token) pair: ``curves`` is ``[T, P]``.
+
+    ``noise_se``: ``[T]`` standard error of one pair's score per checkpoint, drawn as a grey
+    ±1.96 s.e. band around 0 (a curve inside it is not resolved from zero)."""
     x = _x(steps)
     c = np.asarray(curves, dtype=float)
     p = c.shape[1]
@@ -264,13 +268,21 @@ def plot_token_pairs(
         )  # fmt: skip
         for k in range(p):
             ax = axes[k, 0]
+            if noise_se is not None:
+                band = 1.96 * np.asarray(noise_se, dtype=float)
+                ax.fill_between(
+                    x, -band, band, color="0.8", alpha=0.6, lw=0, zorder=0,
+                    label="±1.96 s.e. of one pair's score (noise)",
+                )  # fmt: skip
             _curve(ax, x, c[:, k], None, ok)
             ax.axhline(0, color="k", lw=0.6)
             _log_x(ax)
-            _symmetric(ax, [c[:, k]])
+            _symmetric(ax, [c[:, k]] if noise_se is None else [c[:, k], band])
             _transitions(ax, transitions)
             ax.set_ylabel(ylabel)
             ax.set_title(panel_titles[k], loc="left", fontsize=8)
+            if noise_se is not None and k == 0:
+                ax.legend(loc="best", fontsize=7)
         _induction_strip(axes[p, 0], steps, induction, transitions, "training step (log scale)")
         fig.suptitle(title)
     return fig
@@ -363,7 +375,10 @@ def stagewise_figures(
         figures["fig3_token_pairs.png"] = plot_token_pairs(
             m.pairs.steps, m.pairs.curves, m.pairs.titles, marks, ind, m.healthy,
             ylabel=ylabel.replace("mean ", ""),
-            title=f"Token pairs whose influence changes sign over training\n{note}",
+            title=f"The {len(m.pairs.titles)} strongest sign changes among "
+            f"{m.pairs.num_candidates:,} token pairs (selected: extremes of many noisy curves)"
+            f"\n{note}",
+            noise_se=m.pairs.noise_se,
         )  # fmt: skip
     idx = m.matrix_index
     tags = {m.after: " (after)", m.before: " (before)"}  # before wins if they coincide
