@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from bifrepro.plots.lds import method_color, method_linestyle
 from bifrepro.plots.style import LEVEL_COLORS, house_style, legend_below, new_figure
@@ -26,16 +26,24 @@ AXIS_LABELS: dict[str, str] = {
 
 
 def _plain_log_ticks(ax: Any) -> None:
-    """Log axes labelled at decades (x minor labels collide in narrow panels; y gets some when
-    its range is under two decades, so it never shows a lone label)."""
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(LogLocator(base=10))
-        axis.set_major_formatter(LogFormatterSciNotation(base=10))
-        axis.set_minor_formatter(NullFormatter())
-    # a y range under two decades shows at most one decade label: label some minor ticks too
-    ax.yaxis.set_minor_formatter(
-        LogFormatterSciNotation(base=10, labelOnlyBase=False, minor_thresholds=(2, 0.5))
-    )
+    """Log axes labelled at decades on x (minor labels collide in narrow panels) and at 1, 2, 5
+    times a power of ten on y, written as plain numbers."""
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=10))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _min_log_span(ax: Any, factor: float = 4.0) -> None:
+    """Widen a log y axis to at least ``factor`` between its limits, around the data's geometric
+    centre: a flat curve (e.g. memory that varies by 1%) then looks flat instead of drawing its
+    noise as a peak, and a 1-2-5 tick always falls inside."""
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < factor:
+        centre, half = np.sqrt(lo * hi), np.sqrt(factor)
+        ax.set_ylim(centre / half, centre * half)
 
 
 def plot_cost_scaling(
@@ -49,7 +57,8 @@ def plot_cost_scaling(
 
     Args:
         points: one row per measurement with ``method`` (label), ``axis``, ``x``,
-            ``total_seconds``, ``fit_seconds`` and ``peak_mb``.
+            ``total_seconds``, ``fit_seconds`` and ``peak_mb`` (optional ``chains_healthy``:
+            0 marks a BIF point whose chains failed health, drawn hollow).
         slopes: ``(method, axis) → fitted log-log slope of total time`` (shown in the legend).
         title: figure title (device, fixed sizes, BIF draws).
         axes_order: grid axes to show, left to right (absent ones are skipped).
@@ -77,6 +86,14 @@ def plot_cost_scaling(
                     ms=3.5,
                     label=f"{label} (slope {slope:.2f})" if np.isfinite(slope) else label,
                 )
+                if "chains_healthy" in rows:  # BIF: hollow markers where its chains fail health
+                    sick = rows["chains_healthy"].notna() & (rows["chains_healthy"] == 0)
+                    if sick.any():
+                        ax_t.scatter(
+                            rows.loc[sick, "x"], rows.loc[sick, "total_seconds"], s=22,
+                            facecolors="white", edgecolors=color, zorder=4,
+                            label=f"{label}: chains unhealthy",
+                        )  # fmt: skip
                 if (rows["fit_seconds"] > 0.01 * rows["total_seconds"]).any():
                     ax_t.plot(rows["x"], rows["fit_seconds"], color=color, ls=":", lw=1.0)
                 ax_m.plot(rows["x"], rows["peak_mb"], color=color, ls=ls, marker="o", ms=3.5)
@@ -84,6 +101,7 @@ def plot_cost_scaling(
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 _plain_log_ticks(ax)
+                _min_log_span(ax)
             ax_t.set_title(f"vs {AXIS_LABELS.get(axis, axis)}")
             ax_m.set_xlabel(AXIS_LABELS.get(axis, axis))
             legend_below(ax_t, frameon=False, fontsize=6.5)  # between the rows: serves both

@@ -76,3 +76,21 @@ def test_time_to_equal_lds_marks_the_reference() -> None:
     right = fig.axes[1]
     labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert "EK-FAC α=0.1" in labels and "BIF α=0.5" in labels
+
+
+def test_cost_scaling_marks_unhealthy_bif_points_and_keeps_flat_memory_flat() -> None:
+    """Unhealthy BIF points are drawn hollow and named in the legend; memory that varies by 1%
+    spans at least a factor 4 on its axis instead of being drawn as a peak."""
+    rows = [
+        {"method": "BIF", "axis": "draws", "x": x, "total_seconds": x / 10, "fit_seconds": 0.0,
+         "peak_mb": 100.0 + 0.01 * x, "chains_healthy": float(x >= 100)}
+        for x in (10, 50, 100)
+    ]  # fmt: skip
+    fig = plot_cost_scaling(pd.DataFrame(rows), {}, "t")
+    time_ax, memory_ax = fig.axes
+    legend = [t.get_text() for t in time_ax.get_legend().get_texts()]
+    assert legend == ["BIF", "BIF: chains unhealthy"]
+    hollow = time_ax.collections[0]
+    assert [tuple(p) for p in hollow.get_offsets()] == [(10.0, 1.0), (50.0, 5.0)]
+    lo, hi = memory_ax.get_ylim()
+    assert hi / lo >= 4.0 - 1e-9
