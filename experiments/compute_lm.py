@@ -16,9 +16,8 @@ cached with ``save_pretrained`` and loaded with ``from_pretrained``):
 3. **Cost models**: ``t ≈ a·P^b`` per method and phase; the crossover size (or its absence and
    the dominant term); extrapolation to Pythia-70M … 2.8B with the assumptions on the figure.
 
-Outputs: ``results/compute/model_scaling.csv`` (one row per method × size × phase) and the set
-``results/compute/lm_family/`` (``model_scaling.png``, ``q_scaling.png``, ``phase_breakdown.png``,
-``model_scaling.csv``, ``q_scaling.csv``, ``fits.csv``, ``extrapolation.csv``, ``summary.md``,
+Outputs: the set ``results/compute/lm_family/`` (``model_scaling.csv``: one row per method × size
+× phase; ``model_scaling.png``, ``q_scaling.png``, ``phase_breakdown.png``, ``q_scaling.csv``, ``fits.csv``, ``extrapolation.csv``, ``summary.md``,
 ``metrics.json``); the same to MLflow.
 
 Run: ``python -m experiments.compute_lm experiment=compute_lm`` (``make reproduce-compute-lm``).
@@ -277,7 +276,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             atomic_write_json(
                 {"metrics": metrics, "crossover": cross, "device": label}, stage / "metrics.json"
             )
-        atomic_write_csv(round_significant(table), out_dir / "model_scaling.csv")
         tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         for fname in (*figures, *tables, "summary.md", "metrics.json"):
             tracker.log_artifact(set_dir / fname, "lm_family")

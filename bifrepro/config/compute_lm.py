@@ -70,7 +70,8 @@ class ComputeLMConfig:
     torch_threads: int | None = 1
     #: Models and tokenizer cache (null: results_dir/cache/compute_lm).
     cache_dir: str | None = None
-    #: null: results_dir/compute (model_scaling.csv there, the full set in compute/lm_family/).
+    #: null: results_dir/compute (the results go to its lm_family/ folder, replaced as one set;
+    #: nothing is written next to the compute experiment's own set, which it replaces whole).
     output_dir: str | None = None
     #: Progress bars (null: only on a terminal).
     progress: bool | None = None

@@ -56,7 +56,7 @@ def test_tiny_family_end_to_end(hydra_compose, tmp_path: Path):
     cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", "tracking.enabled=false"])
     metrics = compute_lm.run(cfg)
     out = tmp_path / "compute"
-    table = pd.read_csv(out / "model_scaling.csv")
+    table = pd.read_csv(out / "lm_family" / "model_scaling.csv")
     assert {"method", "num_params", "phase", "seconds", "peak_memory_mb", "status", "healthy",
             "device", "train_loss"} <= set(table.columns)  # fmt: skip
     assert table["num_params"].nunique() == 2
@@ -114,7 +114,8 @@ def test_a_locally_saved_pythia_style_checkpoint(hydra_compose, tmp_path: Path):
          "model.local_files_only=true", f"results_dir={tmp_path}", "tracking.enabled=false"]
     )  # fmt: skip
     compute_lm.run(cfg)
-    table = pd.read_csv(tmp_path / "compute" / "model_scaling.csv")
+    table = pd.read_csv(tmp_path / "compute" / "lm_family" / "model_scaling.csv")
+    assert not (tmp_path / "compute" / "model_scaling.csv").exists()  # one copy, in the set
     assert table["num_params"].nunique() == 1
     assert int(table["num_params"].iloc[0]) == sum(p.numel() for p in model.parameters())
     assert set(table["method"]) == {"bif", "ekfac"}
