@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
-        reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-imagenet \
+        reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
         reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise sweep-stagewise
 
 help:  ## Show this help
@@ -73,7 +73,7 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-language-scale reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
@@ -84,6 +84,9 @@ reproduce-toy-robustness: $(STAMP)  ## Toy sign flips over 5 sampler x 3 init se
 reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
 	$(PY) -m experiments.language experiment=language
 	$(PY) bench/bench_devinterp.py
+
+reproduce-language-scale: $(STAMP)  ## Token links across 3 embedded LM sizes x 3 sampler seeds: cross-form benchmark with CIs, seed agreement, poster figures (~20-40 min on 2 cores)
+	$(PY) -m experiments.language_scale experiment=language_scale
 
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
 	$(PY) -m experiments.imagenet experiment=imagenet

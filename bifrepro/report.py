@@ -21,6 +21,7 @@ import pandas as pd
 
 from bifrepro.evaluation.ranking import ranking_text
 from bifrepro.io import atomic_write_text
+from bifrepro.report_language_scale import language_scale_block, reproduced_categories
 
 __all__ = [
     "BLOCKS",
@@ -1066,6 +1067,25 @@ def _lds_verdict(paired: pd.DataFrame) -> str:
     return "reproduces (tied at every α)" if not (above or below) else "mixed"
 
 
+def _language_scale_claim(folder: Path) -> list[str] | None:
+    """The claims row of the model-size ladder (None when it has not run): which categories are
+    above chance at which size, and how well sampler seeds agree."""
+    if not ((folder / "benchmark.csv").is_file() and (folder / "seed_agreement.csv").is_file()):
+        return None
+    table = _read_csv(folder / "benchmark.csv")
+    above = reproduced_categories(table)
+    agree = _read_csv(folder / "seed_agreement.csv").groupby("size", sort=False)["pearson"].mean()
+    sizes = list(above)
+    found = [f"{s}: {', '.join(c)}" for s, c in above.items() if c]
+    return [
+        "the links appear with model scale (language, embedded LM sizes)",
+        f"categories above chance: {'; '.join(found) or 'none at any size'} "
+        f"({sizes[0]} … {sizes[-1]}); seed agreement {agree.min():.2f}–{agree.max():.2f}",
+        "partly" if found else "not reproduced at these sizes",
+        f"{int(table['num_seeds'].min())} sampler seeds per size, 1 trained model each",
+    ]
+
+
 def claims_block(results_dir: Path) -> str:
     """One line per paper claim with the numbers that decide it, and a verdict computed from
     them (never typed)."""
@@ -1114,6 +1134,9 @@ def claims_block(results_dir: Path) -> str:
         f"{len(zero)} of {len(bif) - 1} categories ({', '.join(zero)})",
         (f"not for {', '.join(zero)}" if zero else "reproduces"), "1 sampler seed",
     ]))  # fmt: skip
+    scale_row = _language_scale_claim(results_dir / "language_scale")
+    if scale_row is not None:
+        lines.append(_row(scale_row))
     m = _json(results_dir / "stagewise_lm" / "metrics.json")["metrics"]
     ratio = m.get("class_change/ratio_induction_over_control", float("nan"))
     lines.append(_row([
@@ -1200,6 +1223,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "stagewise_headline": stagewise_headline,
     "compute_headline": compute_headline,
     "claims": claims_block,
+    "language_scale": language_scale_block,
 }
 
 _MARKER = re.compile(r"<!-- report:([A-Za-z0-9_]+):(begin|end) -->")

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "bifrepro.config*": 4,
     "bifrepro.demo": 4,
     "bifrepro.report": 4,
+    "bifrepro.report_language_scale": 4,
 }
 
 

@@ -576,3 +576,22 @@ def test_a_generator_error_names_the_file_and_block(tmp_path: Path, monkeypatch)
     text = "<!-- report:later:begin -->\n<!-- report:later:end -->\n"
     with pytest.raises(ReportError, match="page.md: block 'later': FileNotFoundError: x/metrics"):
         report.render_text(text, tmp_path, source="page.md")
+
+
+def test_language_scale_claim_names_sizes_categories_and_seed_agreement(tmp_path: Path) -> None:
+    from bifrepro.report import _language_scale_claim
+
+    assert _language_scale_claim(tmp_path) is None  # not run: no row
+    rows = [
+        {"size": size, "category": cat, "num_seeds": 3, "precision_at_1_q_low": low,
+         "chance_precision": 0.05}
+        for size, cat, low in (("S", "numbers", 0.0), ("L", "numbers", 0.2), ("L", "all", 0.1))
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "benchmark.csv", index=False)
+    agree = pd.DataFrame({"size": ["S", "S", "L"], "pearson": [0.1, 0.3, 0.6]})
+    agree.to_csv(tmp_path / "seed_agreement.csv", index=False)
+    claim, here, verdict, seeds = _language_scale_claim(tmp_path)
+    assert "L: numbers" in here and "(S … L)" in here and "seed agreement 0.20–0.60" in here
+    assert verdict == "partly" and seeds.startswith("3 sampler seeds")
+    pd.DataFrame(rows[:1]).to_csv(tmp_path / "benchmark.csv", index=False)
+    assert _language_scale_claim(tmp_path)[2] == "not reproduced at these sizes"

@@ -1,0 +1,159 @@
+"""The language-scale benchmark's pieces on cases with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bifrepro.evaluation.token_links import QueryToken
+from bifrepro.evaluation.token_metrics import TokenLinks
+from bifrepro.evaluation.token_scale import (
+    category_table,
+    covering_observed,
+    draws_for_agreement,
+    link_resolution,
+    seed_agreement,
+    seed_ranking,
+)
+
+
+def _links() -> TokenLinks:
+    """Two training sequences x 3 tokens: [_, "3", "x"], [_, "three", "y"]; concept 0 = num:3."""
+    concepts = torch.tensor([[-2, 0, -1], [-2, 0, -1]])
+    surfaces = np.array([["", "3", "x"], ["", "three", "y"]])
+    valid = torch.tensor([[False, True, True], [False, True, True]])
+    return TokenLinks(concepts, surfaces, ["num:3"], valid)
+
+
+QT = [QueryToken(0, 1, "num:3", "3", None)]
+
+
+def test_cross_form_ranking_ignores_the_same_surface() -> None:
+    links = _links()
+    # "3" (same form) scores highest, then "three": cross-form rank 1
+    scores = torch.tensor([[[0.0, 0.9, 0.1], [0.0, 0.5, 0.2]]])
+    res = seed_ranking(scores, links, QT, (1,))
+    assert res.precision[1][0] == 1.0 and res.reciprocal_rank[0] == 1.0
+    # "x" above "three": rank 2
+    scores = torch.tensor([[[0.0, 0.9, 0.6], [0.0, 0.5, 0.2]]])
+    res = seed_ranking(scores, links, QT, (1,))
+    assert res.precision[1][0] == 0.0 and res.reciprocal_rank[0] == 0.5
+    # any form: the same word "3" counts, and it is first
+    assert seed_ranking(scores, links, QT, (1,), form="any").precision[1][0] == 1.0
+
+
+def _traces(link_like: bool, draws: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(2, draws, generator=g)
+    train = torch.randn(2, draws, 2, 3, generator=g)
+    target = (1, 1) if link_like else (0, 2)  # "three" or the unlinked "x"
+    train[:, :, target[0], target[1]] = base + 0.3 * torch.randn(2, draws, generator=g)
+    return base.unsqueeze(-1), train
+
+
+@pytest.mark.parametrize("link_like", [True, False])
+def test_link_resolution_knows_which_token_tracks_the_query(link_like: bool) -> None:
+    q, train = _traces(link_like)
+    (row,) = link_resolution(q, train, _links(), QT)
+    assert row["resolved"]
+    if link_like:
+        assert row["outcome"] == "reproduced" and row["rank"] == 1
+        assert row["best_link"] == 1 * 3 + 1
+    else:
+        assert row["outcome"] == "not reproduced" and row["rank"] >= 2
+
+
+def test_link_resolution_marks_pure_noise_unresolved() -> None:
+    g = torch.Generator().manual_seed(1)
+    q, train = torch.randn(2, 60, 1, generator=g), torch.randn(2, 60, 2, 3, generator=g)
+    (row,) = link_resolution(q, train, _links(), QT)
+    assert not row["resolved"]
+
+
+def test_seed_agreement_is_one_for_equal_scores_and_near_zero_for_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 40, 6, generator=g)
+    valid = torch.ones(40, 6, dtype=torch.bool)
+    rows = seed_agreement({0: a, 1: a.clone(), 2: torch.randn(5, 40, 6, generator=g)}, valid, "s")
+    by_pair = {(r["seed_a"], r["seed_b"]): r["pearson"] for r in rows}
+    assert by_pair[(0, 1)] == pytest.approx(1.0)
+    assert abs(by_pair[(0, 2)]) < 0.1
+
+
+def test_category_table_means_and_intervals() -> None:
+    rows = []
+    for seed in (0, 1, 2):
+        for q in range(4):
+            cat = "numbers" if q < 2 else "verbs"
+            hit = float(cat == "numbers")  # numbers always hit, verbs never
+            rows.append(
+                {
+                    "size": "S",
+                    "sampler_seed": seed,
+                    "query": q,
+                    "category": cat,
+                    "precision_at_1": hit,
+                    "reciprocal_rank": 1.0 if hit else 0.25,
+                    "first_rank": 1.0 if hit else 4.0,
+                    "chance_precision": 0.1,
+                }
+            )
+    t = category_table(pd.DataFrame(rows), (1,), num_bootstrap=50).set_index("category")
+    assert t.at["numbers", "precision_at_1"] == 1.0
+    assert t.at["verbs", "precision_at_1"] == 0.0
+    assert t.at["all", "precision_at_1"] == 0.5
+    assert t.at["all", "mrr"] == pytest.approx(0.625)
+    assert t.at["numbers", "precision_at_1_seed_sd"] == 0.0  # every seed agrees
+    assert t.at["all", "num_queries"] == 4 and t.at["all", "num_seeds"] == 3
+    assert t.at["all", "precision_at_1_q_low"] <= 0.5 <= t.at["all", "precision_at_1_q_high"]
+
+
+def test_draws_for_agreement_inverts_the_noise_model() -> None:
+    assert draws_for_agreement(0.5, 100) == pytest.approx(100)
+    assert draws_for_agreement(0.2, 100) == pytest.approx(400)  # odds 1/4 -> 4x the draws
+    assert math.isnan(draws_for_agreement(-0.1, 100))
+
+
+def test_senses_rank_the_right_sense_among_bank_tokens() -> None:
+    """One surface form, two senses: the query "bank" (money) must find the money "bank"."""
+    concepts = torch.tensor([[-2, 0, -1], [-2, 1, -1]])
+    surfaces = np.array([["", "bank", "x"], ["", "bank", "y"]])
+    valid = torch.tensor([[False, True, True], [False, True, True]])
+    links = TokenLinks(concepts, surfaces, ["bank:finance", "bank:river"], valid)
+    qt = [QueryToken(0, 1, "bank:finance", "bank", None)]
+    right = torch.tensor([[[0.0, 0.8, 0.9], [0.0, 0.1, 0.95]]])  # x, y score higher: ignored
+    assert seed_ranking(right, links, qt, (1,)).precision[1][0] == 1.0
+    wrong = torch.tensor([[[0.0, 0.1, 0.0], [0.0, 0.8, 0.0]]])
+    assert seed_ranking(wrong, links, qt, (1,)).precision[1][0] == 0.0
+
+
+def test_covering_observed_holds_every_form_of_every_query_concept() -> None:
+    from bifrepro.data.separated_text import (
+        generate_separated_corpus,
+        pack_separated,
+        separated_queries,
+    )
+    from bifrepro.data.tokenizer import train_bpe_tokenizer
+    from bifrepro.evaluation.token_links import token_surfaces
+
+    docs = generate_separated_corpus(400, seed=0)
+    tok = train_bpe_tokenizer([d.text for d in docs], 500)
+    seqs = pack_separated(docs, tok, 48, {})
+    concepts = sorted({q.text.spans[0][2] for q in separated_queries()})
+    idx = covering_observed(seqs, tok, concepts, 150, seed=0, per_form=1)
+    assert len(idx) == 150 and len(set(idx.tolist())) == 150
+    surf = token_surfaces(tok, seqs.input_ids)
+    for cid, name in enumerate(seqs.concept_names):
+        if name not in concepts:
+            continue
+        rows, cols = np.nonzero(seqs.concepts.numpy() == cid)
+        everywhere = {str(surf[r, c]) for r, c in zip(rows, cols, strict=True)}
+        rows, cols = np.nonzero(seqs.concepts[idx].numpy() == cid)
+        observed = {str(surf[idx[r], c]) for r, c in zip(rows, cols, strict=True)}
+        assert observed == everywhere, name
+    with pytest.raises(ValueError, match="too small"):
+        covering_observed(seqs, tok, concepts, 10, seed=0)
