@@ -967,7 +967,25 @@ def language_headline(results_dir: Path) -> str:
     lines += ["", "Cross-form: links to another surface form only (3 → three, elle → she); 1 "
               "sampler seed, 1 trained model; `>` paired 95% CI over query tokens excludes 0, "
               "`≈` not resolved."]  # fmt: skip
+    health = _language_health(results_dir / "language" / "metrics.json")
+    if health:
+        lines[-1] += " " + health
     return "\n".join(lines)
+
+
+def _language_health(path: Path) -> str:
+    """One sentence on the language run's chain health and per-token precision ('' if absent)."""
+    if not path.is_file():
+        return ""
+    m = json.loads(path.read_text()).get("metrics", {})
+    if "health/resolved_share" not in m:
+        return ""
+    verdict = "healthy" if m.get("chains_healthy") else "UNHEALTHY"
+    return (
+        f"BIF chains {verdict}; per token, {m['health/resolved_share']:.0%} of each query token's "
+        "top-10 training tokens are resolved beyond Monte Carlo noise (the precision rule asks for "
+        f"50%; about {m['health/draws_for_target']:.0f} draws per chain would reach it)."
+    )
 
 
 def stagewise_headline(results_dir: Path) -> str:

@@ -58,7 +58,7 @@ from bifrepro.plots.calibration import save_calibration
 from bifrepro.plots.token_examples import FIGURES, example_panels, poster_figures, poster_page
 from bifrepro.sampling import SGLDConfig
 from bifrepro.sampling.chain_jobs import record_chain_job
-from bifrepro.sampling.health import assess_traces
+from bifrepro.sampling.health import run_health
 from bifrepro.tracking import start_run
 from bifrepro.training.lm_setup import LanguageSetup, calibrate_sampler, max_positions, traces_store
 from bifrepro.training.lm_setup import setup_language as _setup_language
@@ -174,12 +174,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(diag.to_metrics("chain/"))
         if exp.chain_job:  # only this job's chains, into the cache: no scores, no results
             return record_chain_job(tracker, sampler, str(traces_dir), metrics)
-        # every health rule, with the calibration's measured curvature and step-halving check
+        # every health rule (precision: per query token), with the calibration's evidence
         thresholds = vc.calibration.thresholds
         evidence = report.health_evidence(sampler) if report is not None else {}
-        health = assess_traces(traces, thresholds=thresholds, **evidence)  # d: traces.num_params
-        metrics.update(health.to_metrics("health/"))
-        healthy = bool(diag.is_healthy) and health.is_healthy
+        checked = run_health(traces, normalize=exp.normalize, thresholds=thresholds, **evidence)
+        metrics.update(checked.metrics)
+        health, healthy = checked.report, checked.healthy
         if not healthy:
             log.warning("BIF chains are not healthy: %s | %s", diag.summary(), health.summary())
         tb = TokenBIF.from_traces(

@@ -595,3 +595,24 @@ def test_language_scale_claim_names_sizes_categories_and_seed_agreement(tmp_path
     assert verdict == "partly" and seeds.startswith("3 sampler seeds")
     pd.DataFrame(rows[:1]).to_csv(tmp_path / "benchmark.csv", index=False)
     assert _language_scale_claim(tmp_path)[2] == "not reproduced at these sizes"
+
+
+def test_language_health_sentence_reads_the_precision_rule(tmp_path: Path) -> None:
+    import json
+
+    from bifrepro.report import _language_health
+
+    path = tmp_path / "metrics.json"
+    assert _language_health(path) == ""
+    path.write_text(json.dumps({"metrics": {"chains_healthy": 1.0}}))
+    assert _language_health(path) == ""  # from before the per-token precision rule
+    metrics = {
+        "chains_healthy": 0.0,
+        "health/resolved_share": 0.403,
+        "health/draws_for_target": 339,
+    }
+    path.write_text(json.dumps({"metrics": metrics}))
+    text = _language_health(path)
+    assert (
+        "chains UNHEALTHY" in text and "40% of each query token's" in text and "339 draws" in text
+    )

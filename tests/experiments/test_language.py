@@ -185,8 +185,9 @@ def test_calibration_auto_calibrates_the_sampler_and_records_health(
     manifest = json.loads((traces_dir / "manifest.json").read_text())
     assert manifest["config"]["step_size"] == pytest.approx(chosen)
     # full health rules next to the basic diagnostics; `healthy` needs both
-    for rule in ("trend", "rhat", "ess", "distance", "loss", "trend_share"):
+    for rule in ("trend", "rhat", "ess", "distance", "loss", "trend_share", "precision"):
         assert f"health/{rule}_ok" in metrics, rule
+    assert 0.0 <= metrics["health/resolved_share"] <= 1.0  # judged per query token
     assert metrics["chains_healthy"] == float(
         bool(metrics["chain/healthy"]) and bool(metrics["health/healthy"])
     )
