@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
         reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
-        reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise sweep-stagewise
+        reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,7 +73,7 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-language-scale reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-language-scale reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise reproduce-stagewise-controls  ## Run every experiment at embedded scale; results/ + MLflow
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
@@ -103,6 +103,9 @@ reproduce-compute-lm: $(STAMP)  ## BIF vs EK-FAC across a family of causal LMs (
 
 reproduce-stagewise: $(STAMP)  ## Stagewise influence in an LM: per-token BIF across training checkpoints, induction stage (~15 min)
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm
+
+reproduce-stagewise-controls: $(STAMP)  ## Stagewise controls: curriculum arms x 3 training seeds, influence-change shift, class-reweighting intervention (~30-50 min on 2 cores)
+	$(PY) -m experiments.stagewise_controls experiment=stagewise_controls
 
 sweep-stagewise: $(STAMP)  ## The same as a sweep: train, one Hydra job per checkpoint (local_parallel; SLURM: hydra/launcher=slurm), merge
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=train

@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "bifrepro.demo": 4,
     "bifrepro.report": 4,
     "bifrepro.report_language_scale": 4,
+    "bifrepro.report_stagewise_controls": 4,
 }
 
 

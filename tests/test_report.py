@@ -616,3 +616,24 @@ def test_language_health_sentence_reads_the_precision_rule(tmp_path: Path) -> No
     assert (
         "chains UNHEALTHY" in text and "40% of each query token's" in text and "339 draws" in text
     )
+
+
+def test_stagewise_controls_claim_reads_the_shifts_and_the_verdict(tmp_path: Path) -> None:
+    import json
+
+    from bifrepro.report import _stagewise_controls_claim
+
+    path = tmp_path / "metrics.json"
+    assert _stagewise_controls_claim(path) is None
+    m = {"verdict/holds": 0.0}
+    for name, (mean, lo, hi) in {"transition_step": (763, 550, 977),
+                                 "influence_change_step": (0, 0, 0)}.items():  # fmt: skip
+        m.update({f"shift/{name}/mean": mean, f"shift/{name}/t_low": lo,
+                  f"shift/{name}/t_high": hi})  # fmt: skip
+    exp = {"train_seeds": [0, 1, 2], "sampler_seeds": [0, 1]}
+    path.write_text(json.dumps({"metrics": m, "experiment": exp}))
+    _, here, verdict, seeds = _stagewise_controls_claim(path)
+    assert "transition +763 steps [+550, +977]" in here and "change +0 steps [+0, +0]" in here
+    assert verdict == "does not hold here" and seeds.startswith("3 training seeds per arm × 2")
+    path.write_text(json.dumps({"metrics": {**m, "verdict/holds": 1.0}, "experiment": exp}))
+    assert _stagewise_controls_claim(path)[2] == "reproduces"

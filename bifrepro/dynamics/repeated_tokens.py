@@ -90,6 +90,10 @@ class RandomRepeats:
     in-context-learning ingredient). Randomness is seeded by ``(seed, step)``, so a resumed
     training sees the same batches. Pass it as ``batch_transform`` of
     :func:`bifrepro.training.lm.train_causal_lm`.
+
+    ``start_step`` (a curriculum): batches of steps before it are left untouched (corpus only),
+    so in-context copying only starts to pay off from that step. The default 0 mixes repeats in
+    from the first step and keeps :meth:`settings` (and every cache key built from it) as before.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class RandomRepeats:
         min_half: int = 4,
         max_half: int | None = None,
         tile: bool = False,
+        start_step: int = 0,
     ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction={fraction} must be in [0, 1]")
@@ -111,14 +116,18 @@ class RandomRepeats:
         self.min_half = int(min_half)
         self.max_half = None if max_half is None else int(max_half)
         self.tile = bool(tile)
+        if int(start_step) < 0:
+            raise ValueError(f"start_step={start_step} must be >= 0")
+        self.start_step = int(start_step)
         self.candidates = torch.as_tensor(candidates, dtype=torch.long)
         self.fraction = float(fraction)
         self.bos_id, self.pad_id, self.seed = int(bos_id), int(pad_id), int(seed)
         self.distinct = bool(distinct)
 
     def settings(self) -> dict[str, Any]:
-        """What determines the batches (for cache keys)."""
-        return {
+        """What determines the batches (for cache keys; ``start_step`` only when set, so runs
+        without a curriculum keep their old keys)."""
+        out = {
             "fraction": self.fraction,
             "seed": self.seed,
             "bos": self.bos_id,
@@ -129,6 +138,9 @@ class RandomRepeats:
             "tile": self.tile,
             "candidates": self.candidates.tolist(),
         }
+        if self.start_step:
+            out["start_step"] = self.start_step
+        return out
 
     def sample(
         self, num: int, seq_len: int, generator: torch.Generator
@@ -165,7 +177,7 @@ class RandomRepeats:
     def __call__(
         self, step: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.fraction == 0.0:
+        if self.fraction == 0.0 or int(step) < self.start_step:
             return input_ids, attention_mask
         g = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, int(step)]).generate_state(1)[0])

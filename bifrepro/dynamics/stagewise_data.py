@@ -48,6 +48,7 @@ class DataSettings(Protocol):
     induction_half_len: int
     induction_vocab: int
     token_priority: list[str]
+    # optional: ``repeat_start_step`` (curriculum start of the synthetic repeats; default 0)
 
 
 @dataclass
@@ -120,9 +121,12 @@ def build_stagewise_data(
     candidates = frequent_token_ids(
         corpus_seqs.input_ids, corpus_seqs.attention_mask, s.induction_vocab, exclude=specials
     )
+    # curriculum: repeats only from this training step (settings without it: from step 0)
+    start = int(getattr(s, "repeat_start_step", 0))
     augment = RandomRepeats(
-        candidates, s.repeat_fraction, tok.bos_token_id, tok.pad_token_id, seed=seed
-    )
+        candidates, s.repeat_fraction, tok.bos_token_id, tok.pad_token_id, seed=seed,
+        start_step=start,
+    )  # fmt: skip
     # SGLD data: the corpus plus a fixed draw of the synthetic sequences, in the training share
     n_corpus = len(corpus_seqs)
     f = s.repeat_fraction

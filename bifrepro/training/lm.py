@@ -16,11 +16,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -37,9 +39,48 @@ from bifrepro.models.lm import (
     snapshot_dir,
 )
 
-__all__ = ["LMTrainResult", "train_causal_lm", "embedded_causal_lm"]
+__all__ = [
+    "LMTrainResult",
+    "TokenWeights",
+    "weighted_lm_batch_loss",
+    "train_causal_lm",
+    "embedded_causal_lm",
+]
 
 log = logging.getLogger(__name__)
+
+
+#: ``token_weights(input_ids, attention_mask) -> [B, T-1]`` loss weight of every predicted token
+#: (position ``t`` weighs the prediction of token ``t+1``): e.g. one token class upweighted x3,
+#: or removed with weight 0 (:func:`weighted_lm_batch_loss`).
+TokenWeights = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def weighted_lm_batch_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy ``sum(w * loss) / sum(w)`` over real tokens.
+
+    ``weights`` is ``[B, T-1]`` (non-negative, one per predicted token). With all weights 1 this
+    is :func:`~bifrepro.models.lm.lm_batch_loss`; weight 0 removes a token exactly, so the
+    gradient equals the one of the batch without those tokens.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    target = input_ids[:, 1:]
+    losses = F.cross_entropy(
+        logits.flatten(0, 1).float(), target.flatten(), reduction="none"
+    ).view_as(target)
+    w = weights.to(losses.dtype)
+    if tuple(w.shape) != tuple(target.shape):
+        raise ValueError(f"token weights must be [B, T-1] = {tuple(target.shape)}")
+    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+        raise ValueError("token weights must be finite and >= 0")
+    if attention_mask is not None:
+        w = w * attention_mask[:, 1:].to(w.dtype)
+    return (w * losses).sum() / w.sum().clamp_min(1e-12)
 
 
 @dataclass
@@ -83,6 +124,8 @@ def train_causal_lm(
     tokenizer: Any | None = None,
     progress: bool | None = None,
     batch_transform: BatchTransform | None = None,
+    token_weights: TokenWeights | None = None,
+    step_offset: int = 0,
 ) -> LMTrainResult:
     """Train ``model`` in place on ``[N, T]`` sequences; resumable when ``out_dir`` is given.
 
@@ -92,6 +135,12 @@ def train_causal_lm(
     different configuration in the same folder is refused); ``save_steps`` snapshots go to
     ``out_dir/step<NNNNNN>/`` via ``save_pretrained`` (with the tokenizer, when given).
     The model is left in eval mode.
+
+    ``token_weights`` (optional, default: the plain mean loss): per-token loss weights of each
+    (transformed) batch (:func:`weighted_lm_batch_loss`), e.g. to upweight or remove one token
+    class. ``step_offset``: ``batch_transform`` sees ``step + step_offset``, so a continuation
+    from a checkpoint at step ``s`` gets the batches the original run would have had from ``s``.
+    Neither is part of the resume settings: use a fresh ``out_dir`` per weighting.
     """
     n = int(input_ids.shape[0])
     if n == 0:
@@ -146,10 +195,14 @@ def train_causal_lm(
             ids = input_ids[idx]
             mask = attention_mask[idx] if attention_mask is not None else None
             if batch_transform is not None:  # must depend only on (step, batch): resumable
-                ids, mask = batch_transform(step, ids, mask)
+                ids, mask = batch_transform(step + step_offset, ids, mask)
             ids = ids.to(device)
             mask = mask.to(device) if mask is not None else None
-            loss = lm_batch_loss(model, ids, mask)
+            if token_weights is None:
+                loss = lm_batch_loss(model, ids, mask)
+            else:
+                w = token_weights(ids.cpu(), None if mask is None else mask.cpu()).to(device)
+                loss = weighted_lm_batch_loss(model, ids, mask, w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
