@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bifrepro.data import text
 from bifrepro.data.text import LabelledText, TokenizedSequences, _fill, pack_documents
 
 __all__ = [
@@ -52,25 +53,11 @@ __all__ = [
     "benchmark_category",
 ]
 
-#: number -> (digit, English, French)
-NUMBERS: dict[int, tuple[str, str, str]] = {
-    2: ("2", "two", "deux"),
-    3: ("3", "three", "trois"),
-    4: ("4", "four", "quatre"),
-    5: ("5", "five", "cinq"),
-    6: ("6", "six", "six"),
-    7: ("7", "seven", "sept"),
-    8: ("8", "eight", "huit"),
-    9: ("9", "nine", "neuf"),
-}
-#: noun -> (English plural, French plural)
+#: number -> (digit, English, French), as in the side-by-side corpus
+NUMBERS: dict[int, tuple[str, str, str]] = dict(text.NUMBERS)
+#: noun -> (English plural, French plural); this corpus's order (it sets the generated text)
 NOUNS: dict[str, tuple[str, str]] = {
-    "apple": ("apples", "pommes"),
-    "cat": ("cats", "chats"),
-    "dog": ("dogs", "chiens"),
-    "bird": ("birds", "oiseaux"),
-    "book": ("books", "livres"),
-    "horse": ("horses", "chevaux"),
+    k: text.NOUNS[k] for k in ("apple", "cat", "dog", "bird", "book", "horse")
 }
 #: person -> (gender "f"/"m", count, noun): the facts every form must agree on
 FACTS: dict[str, tuple[str, int, str]] = {
