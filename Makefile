@@ -73,7 +73,8 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(STAMP) reproduce-toy reproduce-toy-robustness reproduce-language reproduce-language-scale reproduce-imagenet reproduce-lds reproduce-compute reproduce-stagewise reproduce-stagewise-controls  ## Run every experiment at embedded scale; results/ + MLflow
+reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale (progress per experiment, summary table at the end); results/ + MLflow
+	$(PY) -m bifrepro.reproduce --results "$(RESULTS)" --make "$(MAKE) --no-print-directory"
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy
