@@ -8,13 +8,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+UI_STAMP := $(VENV)/.installed-ui
 RESULTS ?= $(CURDIR)/results
 # Debian package with the Fashion-MNIST IDX files (installed by `make install` where apt works)
 FASHION_MNIST_DEB ?= dataset-fashion-mnist
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui clean \
+.PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui mlflow-ui-check clean \
         reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
         reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
 
@@ -43,6 +44,19 @@ $(STAMP): pyproject.toml
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	@touch $(BENCH_STAMP)
+
+# Headless-browser check of the MLflow UI (playwright + Debian's chromium): installed on first use.
+$(UI_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,ui]"
+	-@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$CHROMIUM" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != no ]; then \
+	    apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq"; \
+	    { $$apt install --no-install-recommends chromium || { $$apt update && $$apt install --no-install-recommends chromium; }; } >/dev/null 2>&1 \
+	      && echo "installed chromium" || echo "note: apt could not install chromium; set CHROMIUM=/path/to/chromium"; \
+	  else echo "note: install Chromium yourself and set CHROMIUM=/path/to/chromium"; fi; \
+	fi
+	@touch $(UI_STAMP)
 
 install: $(STAMP)  ## Create .venv and install bifrepro (editable) with dev tools
 
@@ -127,6 +141,10 @@ mlflow-ui: $(STAMP)  ## MLflow UI against results/mlflow.db (prints each experim
 		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db \
 		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
+mlflow-ui-check: $(UI_STAMP)  ## Open results/mlflow.db's runs table in headless Chromium; check parent/child runs, screenshot
+	$(PY) scripts/mlflow_ui_check.py --tracking-uri sqlite:///$(RESULTS)/mlflow.db \
+		--out $(RESULTS)/mlflow_ui/runs_table.png
 
 clean:  ## Remove caches and Hydra outputs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
