@@ -134,13 +134,17 @@ def test_run_records_its_process(mlflow_uri, search_runs) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_stop_signal_marks_the_run_killed(mlflow_uri, search_runs, sig) -> None:  # noqa: ANN001
-    before = signal.getsignal(sig)
-    with pytest.raises(Terminated) as info, start_run(_cfg(mlflow_uri)):
-        os.kill(os.getpid(), sig)
-        time.sleep(10)  # interrupted by the handler
-    assert info.value.code == 128 + sig
-    assert search_runs("unit-tests")["status"].tolist() == ["KILLED"]
-    assert signal.getsignal(sig) == before  # the previous handler is back
+    # a runner started under nohup ignores SIGHUP, which a run keeps ignored (next test)
+    inherited = signal.signal(sig, signal.SIG_DFL)
+    try:
+        with pytest.raises(Terminated) as info, start_run(_cfg(mlflow_uri)):
+            os.kill(os.getpid(), sig)
+            time.sleep(10)  # interrupted by the handler
+        assert info.value.code == 128 + sig
+        assert search_runs("unit-tests")["status"].tolist() == ["KILLED"]
+        assert signal.getsignal(sig) == signal.SIG_DFL  # the previous handler is back
+    finally:
+        signal.signal(sig, inherited)
 
 
 def test_an_ignored_signal_stays_ignored(mlflow_uri) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,11 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], cwd: Path, **extra: str) -> subprocess.Popen[str]:
-    """``python <args>`` in ``cwd`` (Hydra's outputs/ and multirun/ land there), output captured."""
+    """``python <args>`` in ``cwd`` (Hydra's outputs/ and multirun/ land there), output captured.
+
+    The child starts with the default SIGHUP and SIGTERM handlers even when the test runner was
+    started under ``nohup`` (which ignores SIGHUP, and children inherit that).
+    """
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=cwd,
@@ -34,7 +39,13 @@ def start(args: list[str], cwd: Path, **extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_stop_signals,
     )
+
+
+def _default_stop_signals() -> None:
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def run(
