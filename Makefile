@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui mlflow-ui-check clean \
         reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
-        reproduce-lds reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
+        reproduce-lds reproduce-lds-resnet9 reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -108,6 +108,9 @@ reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if 
 
 reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on Fashion-MNIST, 3 retraining and 3 sampler seeds (~25-35 min on 2 cores)
 	$(PY) -m experiments.lds experiment=lds
+
+reproduce-lds-resnet9: $(STAMP)  ## LDS with a ResNet-9 (width 8) on Fashion-MNIST, 102 subset-seed pairs per alpha (~50 min; not in reproduce)
+	$(PY) -m experiments.lds experiment=lds_resnet9
 
 reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache); then the LM family
 	$(PY) -m experiments.compute experiment=compute

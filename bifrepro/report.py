@@ -15,6 +15,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -195,6 +196,15 @@ def _lds_setting(folder: Path) -> list[str]:
     if "dataset" not in saved:
         return []
     parts = [f"n = {saved['n_train']:,} training images", f"q = {saved['n_query']} queries"]
+    model = saved.get("retrain_config", {}).get("model", {})
+    scores = saved.get("metrics", {})
+    if model and "model/train_accuracy" in scores:
+        width = model.get("kwargs", {}).get("width")
+        parts.append(
+            f"model {model['name']}{f' (width {width})' if width else ''}, "
+            f"{scores['model/num_params']:,.0f} parameters, training accuracy "
+            f"{scores['model/train_accuracy']:.2f}, query accuracy {scores['model/test_accuracy']:.2f}"
+        )
     if saved.get("bif_seeds"):
         parts.append(f"BIF over {len(saved['bif_seeds'])} sampler seeds (seed-averaged scores)")
     if saved.get("trak_num_checkpoints"):
@@ -222,11 +232,11 @@ def _lds_seed_lines(folder: Path) -> list[str]:
     return lines
 
 
-def lds_block(results_dir: Path) -> str:
+def lds_block(results_dir: Path, name: str = "lds") -> str:
     """The LDS table (α × method, 95% bootstrap CIs over queries), the paired differences against
-    EK-FAC (every arm), BIF's sampler seeds and the resolved ranking, from ``results/lds/``
-    (``make reproduce-lds``)."""
-    folder = Path(results_dir) / "lds"
+    EK-FAC (every arm), BIF's sampler seeds and the resolved ranking, from ``results/<name>/``
+    (``make reproduce-lds``; ``lds_resnet9``: ``make reproduce-lds-resnet9``)."""
+    folder = Path(results_dir) / name
     lds = _read_csv(folder / "lds.csv")
     if "arm" in lds.columns:  # one column per method: BIF's seeds are listed below the table
         lds = lds[lds["arm"] == "main"]
@@ -1034,23 +1044,23 @@ def _order(ranking: pd.DataFrame, a: str, b: str) -> str:
     return ">" if pos[a] < pos[b] else "<"
 
 
-def _main_paired(results_dir: Path) -> pd.DataFrame:
-    """BIF's main arms paired against EK-FAC (every α)."""
-    paired = _read_csv(Path(results_dir) / "lds" / "lds_paired_vs_ekfac.csv")
+def _main_paired(results_dir: Path, name: str = "lds") -> pd.DataFrame:
+    """BIF's main arms paired against EK-FAC (every α) in ``results/<name>/``."""
+    paired = _read_csv(Path(results_dir) / name / "lds_paired_vs_ekfac.csv")
     if "arm" in paired.columns:
         paired = paired[paired["arm"] == "main"]
     return paired[paired["method"].str.startswith("BIF")]
 
 
-def _lds_seeds(results_dir: Path) -> str:
-    lds = _read_csv(Path(results_dir) / "lds" / "lds.csv")
-    path = Path(results_dir) / "lds" / "metrics.json"
+def _lds_seeds(results_dir: Path, name: str = "lds") -> str:
+    lds = _read_csv(Path(results_dir) / name / "lds.csv")
+    path = Path(results_dir) / name / "metrics.json"
     bif = len(_json(path).get("bif_seeds") or [0]) if path.is_file() else 1
     return f"BIF {bif} sampler seed(s), averaged; {int(lds['num_seeds'].max())} retraining seeds"
 
 
-def _lds_claim(results_dir: Path) -> str:
-    paired = _main_paired(results_dir)
+def _lds_claim(results_dir: Path, name: str = "lds") -> str:
+    paired = _main_paired(results_dir, name)
     parts = []
     for method, g in paired[paired["method"].str.startswith("BIF")].groupby("method", sort=False):
         worse = int((g["ci_high"] < 0).sum())
@@ -1171,6 +1181,12 @@ def claims_block(results_dir: Path) -> str:
         _lds_verdict(_main_paired(results_dir)),
         _lds_seeds(results_dir),
     ]))  # fmt: skip
+    if (results_dir / "lds_resnet9" / "lds_paired_vs_ekfac.csv").is_file():
+        lines.append(_row([
+            "BIF ≈ EK-FAC on LDS (LDS, ResNet-9 of width 8)", _lds_claim(results_dir, "lds_resnet9"),
+            _lds_verdict(_main_paired(results_dir, "lds_resnet9")),
+            _lds_seeds(results_dir, "lds_resnet9"),
+        ]))  # fmt: skip
     bench = _read_csv(results_dir / "language" / "benchmark.csv")
     cross = bench[(bench["subset"] == "all") & (bench["scope"] == "all")
                   & (bench["level"] == "token") & (bench["form"] == "other")]  # fmt: skip
@@ -1260,6 +1276,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "toy": toy_block,
     "accuracy": accuracy_block,
     "lds": lds_block,
+    "lds_resnet9": partial(lds_block, name="lds_resnet9"),
     "vision": vision_block,
     "compute_lm": compute_lm_block,
     "compute_grid": compute_grid_block,
