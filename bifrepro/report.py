@@ -961,10 +961,10 @@ def language_headline(results_dir: Path) -> str:
     ranking = _read_csv(folder / "benchmark_ranking.csv")
     ranking = ranking[(ranking["level"] == "token") & (ranking["scope"] == "all")
                       & (ranking["form"] == "other")]  # fmt: skip
-    lines = [
-        _row(["category", "queries", "BIF P@1", "EK-FAC P@1", "paired (reciprocal rank)"]),
-        _row(["---"] * 5),
-    ]
+    groups = _language_groups(folder)
+    head = ["category", "queries", "BIF P@1", *(["BIF P@1 per group"] if groups else []),
+            "EK-FAC P@1", "paired (reciprocal rank)"]  # fmt: skip
+    lines = [_row(head), _row(["---"] * len(head))]
     for cat in ["all", *sorted(c for c in t["category"].unique() if c != "all")]:
         by = t[t["category"] == cat].set_index("method")
         if "bif" not in by.index:
@@ -972,16 +972,41 @@ def language_headline(results_dir: Path) -> str:
         g = ranking[ranking["category"] == cat]
         lines.append(_row([
             cat, str(int(by.at["bif", "num_queries"])), _num(by.at["bif", "precision_at_1"]),
+            *([groups[0].get(cat, "–")] if groups else []),
             _num(by.at["ekfac", "precision_at_1"]) if "ekfac" in by.index else "–",
             ranking_text(g.assign(method=g["method"].map(lambda m: _TOKEN_METHODS.get(m, m)))) if len(g) else "–",
         ]))  # fmt: skip
-    lines += ["", "Cross-form: links to another surface form only (3 → three, elle → she); 1 "
-              "sampler seed, 1 trained model; `>` paired 95% CI over query tokens excludes 0, "
+    seeds = (f"BIF P@1 pools every chain; per group: mean ± sd over {groups[1]}" if groups
+             else "1 sampler seed")  # fmt: skip
+    lines += ["", "Cross-form: links to another surface form only (3 → three, elle → she); "
+              f"{seeds}; 1 trained model; `>` paired 95% CI over query tokens excludes 0, "
               "`≈` not resolved."]  # fmt: skip
     health = _language_health(results_dir / "language" / "metrics.json")
     if health:
         lines[-1] += " " + health
     return "\n".join(lines)
+
+
+def _language_groups(folder: Path) -> tuple[dict[str, str], str] | None:
+    """BIF's cross-form precision@1 per category over the run's groups of chains (``mean ± sd``)
+    and a phrase naming the groups and their agreement; None for a run without groups."""
+    path = folder / "bif_chain_groups.csv"
+    if not path.is_file():
+        return None
+    g = _read_csv(path)
+    g = g[g["form"] == "other"]
+    cells = {
+        cat: f"{_num(v.mean())} ± {_num(v.std(ddof=1))}"
+        for cat, v in g.groupby("category")["precision_at_1"]
+    }
+    agree = _read_csv(folder / "chain_group_agreement.csv")
+    m = _json(folder / "metrics.json")
+    chains = int(m["config"]["sampler"]["num_chains"]) // g["group"].nunique()
+    phrase = (
+        f"{g['group'].nunique()} groups of {chains} chains (independent random streams, as "
+        f"sampler seeds); token scores agree between groups at r = {_num(agree['pearson'].mean())}"
+    )
+    return cells, phrase
 
 
 def _language_health(path: Path) -> str:
@@ -1197,7 +1222,8 @@ def claims_block(results_dir: Path) -> str:
         "per-token BIF links translations and concepts across forms (language)",
         f"cross-form P@1 BIF {_num(bif.get('all'))} vs EK-FAC {_num(ek.get('all'))}; BIF 0.00 in "
         f"{len(zero)} of {len(bif) - 1} categories ({', '.join(zero)})",
-        (f"not for {', '.join(zero)}" if zero else "reproduces"), "1 sampler seed",
+        (f"not for {', '.join(zero)}" if zero else "reproduces"),
+        groups[1] if (groups := _language_groups(results_dir / "language")) else "1 sampler seed",
     ]))  # fmt: skip
     scale_row = _language_scale_claim(results_dir / "language_scale")
     if scale_row is not None:

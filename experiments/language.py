@@ -1,18 +1,13 @@
 """Token-level BIF on a Hugging Face causal language model (Kreer et al., poster's language panel).
 
-BIF records per-token losses on every posterior draw, so it attributes at token granularity for
-free. Corpus, tokenizer and model (the embedded LM trained here and cached, or any Hugging Face
-model): :mod:`bifrepro.training.lm_setup`; per-token SGLD traces:
-:func:`bifrepro.attribution.token_bif.sample_token_traces`; the ground-truth token-link benchmark
-(BIF and EK-FAC per token, BIF, EK-FAC and GradSim per sequence): :mod:`bifrepro.evaluation.
-token_links`; the poster's examples as PNGs and an HTML page: :mod:`bifrepro.plots.token_examples`.
-
-Outputs (``results/language/``): ``fig_<example>.png``, ``language_tokens.html``, ``benchmark*.csv``
-(with ``benchmark_ranking.csv``: which steps are resolved), ``per_query.csv``, ``metrics.json``.
-``bench/bench_devinterp.py`` adds the comparison with devinterp (``make reproduce-language``).
-
-Run: ``python -m experiments.language experiment=language [key=value ...]``. Chains as separate
-jobs (``experiment.chain_job=true``, merged by the run of all chains): docs/chain_jobs.md.
+Corpus, tokenizer and model: :mod:`bifrepro.training.lm_setup`; per-token traces:
+:func:`~bifrepro.attribution.token_bif.sample_token_traces`; the token-link benchmark (BIF and
+EK-FAC per token; BIF, EK-FAC, GradSim per sequence): :mod:`bifrepro.evaluation.token_links`, its
+spread over groups of chains: :mod:`bifrepro.evaluation.token_chain_groups`; the poster's
+examples: :mod:`bifrepro.plots.token_examples`. Outputs in ``results/language/`` (figures, HTML,
+``benchmark*.csv``, ``per_query.csv``, ``bif_chain_groups.csv``, ``metrics.json``);
+``bench/bench_devinterp.py`` adds the devinterp comparison (``make reproduce-language``).
+Run: ``python -m experiments.language experiment=language``; chains as jobs: docs/chain_jobs.md.
 """
 
 from __future__ import annotations
@@ -35,6 +30,7 @@ from bifrepro.attribution.token_bif import TokenBIF, sample_token_traces
 from bifrepro.config import ConfigError, method_settings, register_configs, validate_config
 from bifrepro.config.language import LanguageConfig
 from bifrepro.data.text import TextCorpusConfig
+from bifrepro.evaluation.token_chain_groups import chain_group_benchmark, chain_group_metrics
 from bifrepro.evaluation.token_links import (
     baseline_rankings,
     baseline_scores,
@@ -64,8 +60,8 @@ from bifrepro.training.lm_setup import LanguageSetup, calibrate_sampler, max_pos
 from bifrepro.training.lm_setup import setup_language as _setup_language
 from experiments import CONF_DIR, output_dir, resolve_device, run_or_exit
 
-__all__ = ["LanguageConfig", "LanguageSetup", "setup_language", "calibrate_sampler", "run", "main"]
-__all__ += ["FIGURES"]
+__all__ = ["LanguageConfig", "LanguageSetup", "setup_language", "calibrate_sampler", "run", "main",
+           "FIGURES"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +81,9 @@ def _validated(cfg: DictConfig) -> Any:
     if vc.experiment.chain_job and vc.calibration.enabled:  # each job would calibrate anew
         raise ConfigError("experiment.chain_job=true is invalid with calibration on: calibrate "
                           "once, then pass sampler.step_size to every chain job")  # fmt: skip
+    if not vc.experiment.chain_job and vc.sampler.num_chains % vc.experiment.chain_groups:
+        raise ConfigError(f"experiment.chain_groups={vc.experiment.chain_groups} must divide "
+                          f"sampler.num_chains={vc.sampler.num_chains} evenly")  # fmt: skip
     resolve_device(vc.experiment.device)
     return vc
 
@@ -205,6 +204,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         table, per_query = benchmark_tables(results, qts)
         overall = table[table.category == "all"].reset_index(drop=True)
         metrics.update(benchmark_metrics(table, ks))
+        groups: dict[str, Any] = {}  # the spread over groups of chains (= sampler seeds)
+        if exp.chain_groups > 1:
+            groups = dict(zip(("bif_chain_groups.csv", "chain_group_agreement.csv"), chain_group_benchmark(
+                traces, exp.chain_groups, links, qts, ks, exp.normalize, exp.detrend), strict=True))  # fmt: skip
+            metrics.update(chain_group_metrics(*groups.values()))
 
         # 4. figures and HTML
         n_rows = max(exp.rows_per_example, exp.html_rows)
@@ -235,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         # 5. results/ as one set, then MLflow
         tables = {"benchmark.csv": table, "benchmark_summary.csv": overall, "per_query.csv": per_query,
-                  "benchmark_ranking.csv": benchmark_ranking(per_query, seed=vc.seed)}  # fmt: skip
+                  "benchmark_ranking.csv": benchmark_ranking(per_query, seed=vc.seed)} | groups  # fmt: skip
         summary = {
             "metrics": metrics,
             "chain_summary": diag.summary(),
@@ -271,10 +275,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 atomic_write_csv(round_significant(df, 5), stage / name)
             atomic_write_json(summary, stage / "metrics.json")
         tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        tracker.set_tags(
-            {"chains_healthy": healthy, "bif_estimator": exp.normalize,
-             "sampler_calibrated": report is not None}
-        )  # fmt: skip
+        tracker.set_tags({"chains_healthy": healthy, "bif_estimator": exp.normalize,
+                          "sampler_calibrated": report is not None})  # fmt: skip
         if report is not None:
             tracker.log_artifact(out_dir / "calibration", "calibration")
         for fname in figures:
@@ -282,11 +284,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for name in (*tables, "metrics.json", "language_tokens.html"):
             tracker.log_artifact(out_dir / name, "tables")
     p_at = f"all_other/precision_at_{ks[-1]}"
-    log.info(
-        "language done in %.1fs: token P@%d (all, other form) BIF %.3f, EK-FAC %.3f -> %s",
-        metrics["wall_seconds"], ks[-1], metrics.get(f"token/bif/{p_at}", math.nan),
-        metrics.get(f"token/ekfac/{p_at}", math.nan), out_dir,
-    )  # fmt: skip
+    log.info("language done in %.1fs: token P@%d (all, other form) BIF %.3f, EK-FAC %.3f -> %s",
+             metrics["wall_seconds"], ks[-1], metrics.get(f"token/bif/{p_at}", math.nan),
+             metrics.get(f"token/ekfac/{p_at}", math.nan), out_dir)  # fmt: skip
     return metrics
 
 

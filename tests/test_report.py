@@ -637,3 +637,33 @@ def test_stagewise_controls_claim_reads_the_shifts_and_the_verdict(tmp_path: Pat
     assert verdict == "does not hold here" and seeds.startswith("3 training seeds per arm × 2")
     path.write_text(json.dumps({"metrics": {**m, "verdict/holds": 1.0}, "experiment": exp}))
     assert _stagewise_controls_claim(path)[2] == "reproduces"
+
+
+def test_language_headline_reports_the_spread_over_groups_of_chains(tmp_path: Path) -> None:
+    import json
+
+    from bifrepro.report import language_headline
+
+    folder = tmp_path / "language"
+    folder.mkdir()
+    base = {"level": "token", "scope": "all", "subset": "all", "form": "other", "num_queries": 10}
+    pd.DataFrame(
+        [{**base, "method": m, "category": "all", "precision_at_1": p}
+         for m, p in (("bif", 0.3), ("ekfac", 0.2))]
+    ).to_csv(folder / "benchmark.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        columns=["level", "scope", "form", "category", "rank", "method", "resolved"]
+    ).to_csv(folder / "benchmark_ranking.csv", index=False)
+    text = language_headline(tmp_path)
+    assert "1 sampler seed" in text and "per group" not in text
+    pd.DataFrame(
+        [{"group": g, "form": f, "category": "all", "precision_at_1": p}
+         for g, p in enumerate((0.2, 0.3, 0.4)) for f in ("other", "any")]
+    ).to_csv(folder / "bif_chain_groups.csv", index=False)  # fmt: skip
+    pd.DataFrame({"group_a": [0, 0, 1], "group_b": [1, 2, 2], "pearson": [0.2, 0.3, 0.4]}).to_csv(
+        folder / "chain_group_agreement.csv", index=False
+    )
+    (folder / "metrics.json").write_text(json.dumps({"config": {"sampler": {"num_chains": 12}}}))
+    text = language_headline(tmp_path)
+    assert "| all | 10 | 0.30 | 0.30 ± 0.10 | 0.20 |" in text
+    assert "3 groups of 4 chains" in text and "r = 0.30" in text and "1 sampler seed" not in text

@@ -61,6 +61,10 @@ class LanguageConfig:
     #: later normal run of all chains merges the jobs' stores instead of sampling
     #: (docs/chain_jobs.md). Needs calibration off (calibrate once, then set sampler.step_size).
     chain_job: bool = False
+    #: Split the chains into this many equal groups and report the benchmark per group and the
+    #: groups' agreement (``bif_chain_groups.csv``, ``chain_group_agreement.csv``): each group has
+    #: its own random streams, so G groups stand for G sampler seeds. The headline pools all.
+    chain_groups: int = 1
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -81,6 +85,8 @@ class LanguageConfig:
             bad("methods", f"must include 'bif' and only name {list(LANGUAGE_METHODS)}")
         if not isinstance(self.chain_job, bool):
             bad("chain_job", "must be true or false")
+        if not isinstance(self.chain_groups, int) or self.chain_groups < 1:
+            bad("chain_groups", "must be an integer >= 1")
         if self.rows_per_example < 1 or self.html_rows < 1:
             bad("rows_per_example" if self.rows_per_example < 1 else "html_rows", "must be >= 1")
 

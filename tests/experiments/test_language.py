@@ -41,6 +41,7 @@ TINY = [
     "methods.ekfac.train_batch_size=8",
     "methods.gradsim.chunk_size=8",
     "sampler.num_chains=2",
+    "experiment.chain_groups=1",
     "sampler.num_draws=8",
     "sampler.burn_in=2",
     "sampler.batch_size=8",
@@ -51,7 +52,14 @@ TINY = [
 def test_run_writes_figures_tables_and_mlflow(
     hydra_compose, mlflow_uri, search_runs, tmp_path
 ) -> None:
-    cfg = hydra_compose([*TINY, f"results_dir={tmp_path}", f"tracking.uri={mlflow_uri}"])
+    cfg = hydra_compose(
+        [
+            *TINY,
+            f"results_dir={tmp_path}",
+            f"tracking.uri={mlflow_uri}",
+            "experiment.chain_groups=2",
+        ]
+    )
     out = tmp_path / "language"
     out.mkdir()
     (out / "devinterp_comparison.csv").write_text("bench\n")  # bench/bench_devinterp.py's
@@ -93,6 +101,12 @@ def test_run_writes_figures_tables_and_mlflow(
         metrics["token/bif/all_any/mrr"]
     )
     assert "chains" in saved["chain_summary"] or saved["chain_summary"]
+    # the benchmark per group of chains (one chain each here) and the groups' agreement
+    groups = pd.read_csv(out / "bif_chain_groups.csv")
+    assert set(groups.group) == {0, 1} and {"other", "any"} <= set(groups.form)
+    agreement = pd.read_csv(out / "chain_group_agreement.csv")
+    assert len(agreement) == 1 and -1 <= agreement.pearson.iloc[0] <= 1
+    assert metrics["chain_groups/num_groups"] == 2
     html = (out / "language_tokens.html").read_text()
     assert "répondu" in html and "title='" in html
 
@@ -160,6 +174,9 @@ def test_config_errors_name_the_key(hydra_compose, tmp_path) -> None:
         lang.run(hydra_compose(base))  # the default experiment is the toy
     with pytest.raises(ConfigError, match="experiment.seq_len"):
         lang.run(hydra_compose([*TINY, *base, "experiment.seq_len=80"]))  # > 64 positions
+    with pytest.raises(ConfigError, match="experiment.chain_groups"):
+        groups = [o for o in TINY if not o.startswith("experiment.chain_groups")]
+        lang.run(hydra_compose([*groups, *base, "experiment.chain_groups=3"]))  # 2 chains
     with pytest.raises(ConfigError, match="experiment.frozen"):
         lang.run(hydra_compose([*TINY, *base, "experiment.frozen=[no_such_layer]"]))
 
