@@ -22,6 +22,19 @@ export PYTHONUNBUFFERED := 1
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# $(call apt_install,PACKAGE,CHECK,FALLBACK): install a Debian package with apt where apt works
+# (root or passwordless sudo) unless CHECK succeeds; never fails: prints what FALLBACK means.
+define apt_install
+if ! { $(2); } >/dev/null 2>&1; then \
+  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
+  if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != no ]; then \
+    apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq"; \
+    { $$apt install --no-install-recommends $(1) || { $$apt update && $$apt install --no-install-recommends $(1); }; } >/dev/null 2>&1 \
+      && echo "installed $(1)" || echo "note: apt could not install $(1); $(3)"; \
+  else echo "note: apt not usable here (no apt-get, or neither root nor sudo); $(3)"; fi; \
+fi
+endef
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -30,14 +43,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# Fashion-MNIST (data=fashion_mnist) from the Debian package where apt works (root or
 	# passwordless sudo); never fails the install: without it the loader falls back to MNIST-5k
-	-@pkg=$(FASHION_MNIST_DEB); if ! dpkg -s $$pkg >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != no ]; then \
-	    apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq"; \
-	    { $$apt install --no-install-recommends $$pkg || { $$apt update && $$apt install --no-install-recommends $$pkg; }; } >/dev/null 2>&1 \
-	      && echo "installed $$pkg" || echo "note: apt could not install $$pkg; data=fashion_mnist will fall back to MNIST-5k"; \
-	  else echo "note: apt not usable here (no apt-get, or neither root nor sudo); data=fashion_mnist will fall back to MNIST-5k"; fi; \
-	fi
+	-@$(call apt_install,$(FASHION_MNIST_DEB),dpkg -s $(FASHION_MNIST_DEB),data=fashion_mnist will fall back to MNIST-5k)
 	@touch $(STAMP)
 
 # Peer implementations that are only benchmarked against (devinterp): installed on first use.
@@ -48,14 +54,7 @@ $(BENCH_STAMP): $(STAMP)
 # Headless-browser check of the MLflow UI (playwright + Debian's chromium): installed on first use.
 $(UI_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,ui]"
-	-@if ! command -v chromium >/dev/null 2>&1 && [ -z "$$CHROMIUM" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi; \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != no ]; then \
-	    apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq"; \
-	    { $$apt install --no-install-recommends chromium || { $$apt update && $$apt install --no-install-recommends chromium; }; } >/dev/null 2>&1 \
-	      && echo "installed chromium" || echo "note: apt could not install chromium; set CHROMIUM=/path/to/chromium"; \
-	  else echo "note: install Chromium yourself and set CHROMIUM=/path/to/chromium"; fi; \
-	fi
+	-@$(call apt_install,chromium,command -v chromium || test -n "$$CHROMIUM",set CHROMIUM=/path/to/chromium)
 	@touch $(UI_STAMP)
 
 install: $(STAMP)  ## Create .venv and install bifrepro (editable) with dev tools
