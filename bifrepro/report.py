@@ -1206,12 +1206,12 @@ def claims_block(results_dir: Path) -> str:
         _lds_verdict(_main_paired(results_dir)),
         _lds_seeds(results_dir),
     ]))  # fmt: skip
-    if (results_dir / "lds_resnet9" / "lds_paired_vs_ekfac.csv").is_file():
-        lines.append(_row([
-            "BIF ≈ EK-FAC on LDS (LDS, ResNet-9 of width 8)", _lds_claim(results_dir, "lds_resnet9"),
-            _lds_verdict(_main_paired(results_dir, "lds_resnet9")),
-            _lds_seeds(results_dir, "lds_resnet9"),
-        ]))  # fmt: skip
+    for name, setting in (("lds/mnist5k", "MNIST digits"), ("lds_resnet9", "ResNet-9 of width 8")):
+        if (results_dir / name / "lds_paired_vs_ekfac.csv").is_file():  # comparison runs
+            lines.append(_row([
+                f"BIF ≈ EK-FAC on LDS (LDS, {setting})", _lds_claim(results_dir, name),
+                _lds_verdict(_main_paired(results_dir, name)), _lds_seeds(results_dir, name),
+            ]))  # fmt: skip
     bench = _read_csv(results_dir / "language" / "benchmark.csv")
     cross = bench[(bench["subset"] == "all") & (bench["scope"] == "all")
                   & (bench["level"] == "token") & (bench["form"] == "other")]  # fmt: skip
@@ -1303,6 +1303,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "accuracy": accuracy_block,
     "lds": lds_block,
     "lds_resnet9": partial(lds_block, name="lds_resnet9"),
+    "lds_mnist5k": partial(lds_block, name="lds/mnist5k"),
     "vision": vision_block,
     "compute_lm": compute_lm_block,
     "compute_grid": compute_grid_block,

@@ -70,7 +70,7 @@ def plot_lds_vs_alpha(
     methods = list(methods) if methods is not None else list(dict.fromkeys(table["method"]))
     alphas = np.sort(table["alpha"].unique())
     with house_style():
-        fig, axes = new_figure(1, 1, width=6.4, height=4.0)
+        fig, axes = new_figure(1, 1, width=8.4, height=4.0)
         ax = axes[0, 0]
         # small horizontal offsets (in log space) so that the intervals do not hide each other
         offsets = np.linspace(-0.04, 0.04, max(len(methods), 1))
@@ -113,6 +113,8 @@ def plot_lds_vs_alpha(
         ax.minorticks_off()
         ax.set_xlabel("retraining subset fraction α (subsets of ⌊α·n⌋ training items)")
         ax.set_ylabel(f"LDS (Spearman, mean over queries; {confidence:.0%} bootstrap CI)")
-        ax.set_title(title, fontsize="small")
-        ax.legend(loc="best", frameon=False)
+        # over the whole figure: the long title would run into the y label above the axes alone
+        fig.suptitle(title, fontsize="small")
+        # beside the axes: inside, some α's interval always sits under it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
     return fig

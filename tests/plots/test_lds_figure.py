@@ -55,3 +55,21 @@ def test_lds_title_note_marks_unresolved_ranking_steps() -> None:
     assert all(len(line) <= 60 for line in ranking_note(wide, width=60).splitlines())
     assert "α=0.05" not in note
     assert ranking_note(pd.DataFrame()) == ""
+
+
+def test_legend_stays_clear_of_the_data_where_every_alpha_is_low() -> None:
+    """The committed MNIST-5k and Fashion-MNIST figures had a low method's interval under a legend
+    placed inside the axes; the legend sits beside them."""
+    from bifrepro.plots.checks import figure_problems
+
+    rows = [
+        {"method": m, "alpha": a, "lds": v, "ci_low": v - 0.05, "ci_high": v + 0.05}
+        for m, v in (("BIF (cov)", 0.45), ("EK-FAC", 0.4), ("TRAK", 0.05), ("GradSim", 0.25))
+        for a in (0.05, 0.1, 0.25, 0.5)
+    ]
+    fig = plot_lds_vs_alpha(pd.DataFrame(rows), "title")
+    assert figure_problems(fig) == []
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1
