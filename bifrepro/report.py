@@ -1170,6 +1170,31 @@ def _stagewise_controls_claim(path: Path) -> list[str] | None:
     ]
 
 
+def _stage_change_with_seeds(path: Path) -> tuple[str, str, str] | None:
+    """The stagewise-LM question asked again with seeds, from the controls' early arm (repeated
+    sequences from step 0, constant LR): (what, verdict, seeds); None when it has not run."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    m, exp = saved["metrics"], saved.get("experiment", {})
+    p = "stage_change/early/"
+    if p + "ratio_of_means" not in m:
+        return None
+    lo, hi = m[p + "difference_t_low"], m[p + "difference_t_high"]
+    what = (
+        f"with 3 training seeds (constant-LR control, early arm) {m[p + 'ratio_of_means']:.2g}×, "
+        f"across − before {m[p + 'difference_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], larger in "
+        f"{m[p + 'seeds_larger_across']:.0f} of {m[p + 'seeds']:.0f} seeds"
+    )
+    verdict = (
+        "larger across the transition, resolved over seeds" if lo > 0
+        else "smaller across the transition over seeds" if hi < 0
+        else "not resolved over training seeds"
+    )  # fmt: skip
+    n_train, n_sampler = len(exp.get("train_seeds", [])), len(exp.get("sampler_seeds", []))
+    return what, verdict, f"{n_train} training × {n_sampler} sampler seeds"
+
+
 def claims_block(results_dir: Path) -> str:
     """One line per paper claim with the numbers that decide it, and a verdict computed from
     them (never typed)."""
@@ -1230,10 +1255,19 @@ def claims_block(results_dir: Path) -> str:
         lines.append(_row(scale_row))
     m = _json(results_dir / "stagewise_lm" / "metrics.json")["metrics"]
     ratio = m.get("class_change/ratio_induction_over_control", float("nan"))
+    seeded = _stage_change_with_seeds(results_dir / "stagewise_controls" / "metrics.json")
+    here = f"class-level change {ratio:.2g}× larger across the induction transition than before it"
+    verdict = (
+        "larger across the transition (no control: see the next row)"
+        if ratio > 1
+        else "not reproduced"
+    )
+    seeds = "1 training, 1 sampler seed"
+    if seeded is not None:
+        here, verdict = f"{here} (1 run); {seeded[0]}", seeded[1]
+        seeds = f"{seeds}; controls: {seeded[2]}"
     lines.append(_row([
-        "influence changes at a developmental stage (stagewise LM)",
-        f"class-level change {ratio:.2g}× larger across the induction transition than before it",
-        "larger across the transition (no control: see the next row)" if ratio > 1 else "not reproduced", "1 training, 1 sampler seed",
+        "influence changes at a developmental stage (stagewise LM)", here, verdict, seeds,
     ]))  # fmt: skip
     controls = _stagewise_controls_claim(results_dir / "stagewise_controls" / "metrics.json")
     if controls is not None:

@@ -38,6 +38,7 @@ from bifrepro.evaluation.token_links import (
     benchmark_ranking,
     benchmark_tables,
     bif_rankings,
+    example_outcomes,
     query_tokens,
     training_links,
 )
@@ -212,9 +213,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         # 4. figures and HTML
         n_rows = max(exp.rows_per_example, exp.html_rows)
-        panels = example_panels(
-            tb, s.tokenizer, obs, s.observed_index, qs, qts, n_rows, exp.normalize
-        )
+        panels = example_panels(tb, s.tokenizer, obs, s.observed_index, qs, qts, n_rows,
+                                exp.normalize, example_outcomes(per_query))  # fmt: skip
         model_name = s.model_info["display_name"]
         figures = poster_figures(panels, note, model_name, exp.rows_per_example, exp.normalize)
         page = poster_page(

@@ -50,6 +50,7 @@ from bifrepro.dynamics.stagewise_controls import (
     intervention_agreement,
     shift_table,
     shift_verdict,
+    stage_change_summary,
     survival_table,
 )
 from bifrepro.dynamics.stagewise_data import StagewiseData, build_stagewise_data
@@ -235,6 +236,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics |= {f"verdict/{k}": float(v) for k, v in verdict.items() if k != "text"}
         metrics["chains_healthy_fraction"] = float(ck.healthy.mean())
         metrics["transition_detected_fraction"] = float(rows.transition_detected.mean())
+        metrics |= stage_change_summary(rows, exp.confidence)
         if len(surv):
             for e in ("correlation", "covariance", "partial"):
                 metrics[f"class_change/{e}_significant_total"] = float(

@@ -639,6 +639,26 @@ def test_stagewise_controls_claim_reads_the_shifts_and_the_verdict(tmp_path: Pat
     assert _stagewise_controls_claim(path)[2] == "reproduces"
 
 
+def test_stage_change_with_seeds_reads_the_early_arm(tmp_path: Path) -> None:
+    import json
+
+    from bifrepro.report import _stage_change_with_seeds
+
+    path = tmp_path / "metrics.json"
+    assert _stage_change_with_seeds(path) is None
+    p = "stage_change/early/"
+    m = {p + "ratio_of_means": 1.6, p + "difference_mean": 0.004, p + "difference_t_low": -0.002,
+         p + "difference_t_high": 0.010, p + "seeds_larger_across": 2, p + "seeds": 3}  # fmt: skip
+    exp = {"train_seeds": [0, 1, 2], "sampler_seeds": [0, 1]}
+    path.write_text(json.dumps({"metrics": m, "experiment": exp}))
+    what, verdict, seeds = _stage_change_with_seeds(path)
+    assert "1.6×" in what and "+0.004 [-0.002, +0.010]" in what and "2 of 3 seeds" in what
+    assert verdict == "not resolved over training seeds" and seeds == "3 training × 2 sampler seeds"
+    m[p + "difference_t_low"] = 0.001
+    path.write_text(json.dumps({"metrics": m, "experiment": exp}))
+    assert _stage_change_with_seeds(path)[1] == "larger across the transition, resolved over seeds"
+
+
 def test_language_headline_reports_the_spread_over_groups_of_chains(tmp_path: Path) -> None:
     import json
 

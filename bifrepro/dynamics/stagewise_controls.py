@@ -10,6 +10,9 @@ and class x class BIF at shared checkpoints for several sampler seeds
   class's self-influence), and the change across the transition under every estimator
   (:func:`~bifrepro.dynamics.stagewise_merge.estimator_changes`).
 * :func:`shift_table`: ``late - early`` per training seed for each step, with intervals.
+* :func:`stage_change_summary`: per arm, is the class-level influence change across the
+  transition larger than over the equally long checkpoint interval just before it? (paired by
+  training seed: the question of the single-run stagewise experiment, with seeds).
 * :func:`intervention_agreement`: does the sign of class-level BIF before a window predict the
   effect of reweighting a class in it?
 """
@@ -41,6 +44,7 @@ __all__ = [
     "class_matrices",
     "analyse_run",
     "shift_table",
+    "stage_change_summary",
     "survival_table",
     "intervention_agreement",
     "shift_verdict",
@@ -136,12 +140,56 @@ def analyse_run(run: RunData, normalize: str, level: float, min_rise: float) -> 
         if a == b:
             a = a + 1 if a + 1 < len(steps) else None
         if b is not None and a is not None and a > b:
+            row |= _stage_change(mean[normalize], b, a)
             table = estimator_changes(mean, se, b, a)
             table.insert(0, "after_step", steps[a])
             table.insert(0, "before_step", steps[b])
             table.insert(0, "seed", run.seed)
             table.insert(0, "arm", run.arm)
             out.by_estimator = table
+    return out
+
+
+def _stage_change(m: np.ndarray, before: int, after: int) -> dict[str, float]:
+    """Mean |change| of the ``[T, K, K]`` class matrices over the class pairs across the
+    transition (checkpoints ``before`` -> ``after``) and over the interval of as many checkpoints
+    just before it (NaN when the grid does not reach back that far), and their ratio."""
+    across = float(np.nanmean(np.abs(m[after] - m[before])))
+    start = before - (after - before)
+    prior = float(np.nanmean(np.abs(m[before] - m[start]))) if start >= 0 else math.nan
+    ratio = across / prior if np.isfinite(prior) and prior > 0 else math.nan
+    return {"change_across_transition": across, "change_before_transition": prior,
+            "change_ratio_across_over_before": ratio}  # fmt: skip
+
+
+def stage_change_summary(rows: pd.DataFrame, confidence: float = 0.95) -> dict[str, float]:
+    """Per arm, over training seeds: the mean |class change| across the transition and before it
+    (:func:`analyse_run`'s row), the ratio of their means, the paired difference ``across -
+    before`` with t and bootstrap intervals (:func:`~bifrepro.dynamics.stage_shift.paired_shift`)
+    and how many seeds have a larger change across the transition. Keys
+    ``stage_change/<arm>/<quantity>``; an arm without bracketed transitions is left out."""
+    out: dict[str, float] = {}
+    if "change_across_transition" not in rows.columns:
+        return out
+    for arm, g in rows.groupby("arm", sort=True):
+        across = g["change_across_transition"].to_numpy(float)
+        before = g["change_before_transition"].to_numpy(float)
+        ok = np.isfinite(across) & np.isfinite(before)
+        if not ok.any():
+            continue
+        d = paired_shift(before[ok], across[ok], confidence)
+        key = f"stage_change/{arm}"
+        out |= {
+            f"{key}/across_mean": float(across[ok].mean()),
+            f"{key}/before_mean": float(before[ok].mean()),
+            f"{key}/ratio_of_means": float(across[ok].mean() / before[ok].mean())
+            if before[ok].mean() > 0 else math.nan,
+            f"{key}/difference_mean": d.mean, f"{key}/difference_t_low": d.t_low,
+            f"{key}/difference_t_high": d.t_high, f"{key}/difference_boot_low": d.boot_low,
+            f"{key}/difference_boot_high": d.boot_high,
+            f"{key}/seeds_larger_across": float((across[ok] > before[ok]).sum()),
+            f"{key}/seeds": float(ok.sum()),
+        }  # fmt: skip
     return out
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "benchmark_ranking",
     "benchmark_tables",
     "benchmark_metrics",
+    "example_outcomes",
 ]
 
 #: (method, level) -> (scope, form) -> ranking of every query token
@@ -308,3 +309,32 @@ def benchmark_metrics(table: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, flo
         metrics[prefix + "mrr"] = float(r.mrr)
         metrics[prefix + "chance_precision"] = float(r.chance_precision)
     return metrics
+
+
+def example_outcomes(
+    per_query: pd.DataFrame, method: str = "bif", level: str = "token", top: int = 10
+) -> dict[str, str]:
+    """Per poster example, whether ``method`` reproduces its link, with the rank, for figure titles.
+
+    The rank is that of the first linked training token in ``method``'s ranking over all observed
+    tokens (``per_query``'s reciprocal ranks, :func:`benchmark_tables`): the translation or other
+    surface form where the concept has one (e.g. "five" for "5"), otherwise any token of the same
+    concept (the two senses of "bank"). Rank 1 is "reproduced", rank <= ``top`` "in the top
+    ``top``", anything later "NOT reproduced".
+    """
+    out = {}
+    for _, row in per_query[per_query["example"].astype(str) != ""].iterrows():
+        form = "other"
+        rr = row.get(f"rr_{method}_{level}_all_other", np.nan)
+        if not np.isfinite(rr):
+            form, rr = "any", row.get(f"rr_{method}_{level}_all_any", np.nan)
+        what = "translation / other form" if form == "other" else "same-concept token"
+        if not np.isfinite(rr) or rr <= 0:
+            out[row["example"]] = f"not measurable (no {what} observed)"
+            continue
+        rank = int(round(1.0 / rr))
+        verdict = (
+            "reproduced" if rank == 1 else f"in the top {top}" if rank <= top else "NOT reproduced"
+        )
+        out[row["example"]] = f"{verdict}: first {what} at rank {rank}"
+    return out

@@ -51,10 +51,13 @@ def example_panels(
     qts: list[QueryToken],
     n_rows: int,
     normalize: str = "correlation",
+    outcomes: Mapping[str, str] | None = None,
 ) -> dict[str, TokenPanel]:
     """Per poster example: query (focus token) and the training sequences of its top tokens.
 
-    ``observed_index`` maps an observed sequence to its training-set index (shown in the row
+    ``outcomes`` (example -> e.g. "NOT reproduced: ... rank 63",
+    :func:`bifrepro.evaluation.token_links.example_outcomes`) goes into the panel's header, so a
+    figure says whether it shows the link or its failure. ``observed_index`` maps an observed sequence to its training-set index (shown in the row
     labels, with the score of BIF's estimator ``normalize``). Identical duplicate sequences are
     shown once; an example without a labelled query token is skipped.
     """
@@ -97,8 +100,9 @@ def example_panels(
                 )
             )
         qids, qmask = queries.input_ids[q.seq], queries.attention_mask[q.seq]
+        outcome = f" — {outcomes[ex.name]}" if outcomes and ex.name in outcomes else ""
         panels[ex.name] = TokenPanel(
-            f"{ex.description}   (query token {q.surface!r})",
+            f"{ex.description}{outcome}   (query token {q.surface!r})",
             decode_tokens(tokenizer, qids, qmask),
             q.pos,
             rows,

@@ -18,7 +18,13 @@ from bifrepro.dynamics.stage_shift import (
     paired_shift,
     sign_agreement,
 )
-from bifrepro.dynamics.stagewise_controls import intervention_agreement, shift_verdict
+from bifrepro.dynamics.stagewise_controls import (
+    RunData,
+    analyse_run,
+    intervention_agreement,
+    shift_verdict,
+    stage_change_summary,
+)
 from bifrepro.models.lm import CausalLMConfig, LMTrainConfig, build_small_lm, lm_batch_loss
 from bifrepro.training.lm import train_causal_lm, weighted_lm_batch_loss
 from tests.models._lm import TINY, lm_sequences, one_thread  # noqa: F401 - autouse
@@ -227,3 +233,58 @@ def test_stagewise_data_curriculum_option_keys_the_data() -> None:
     batch = old.corpus_ids[:8]
     assert torch.equal(late.augment(49, batch, None)[0], batch)
     assert not torch.equal(late.augment(50, batch, None)[0], batch)
+
+
+def _run_data(arm: str, seed: int, level_by_step: dict[int, float], cross: float) -> RunData:
+    """A run whose class matrices are constant ``level_by_step[step]`` and whose induction score
+    crosses 0.15 nats at ``cross``."""
+    k = len(TOKEN_CLASSES)
+    steps = list(level_by_step)
+    scan = list(range(100, 2001, 100))
+    scores = [0.3 / (1 + np.exp(-(s - cross) / 50)) for s in scan]
+
+    def result(v: float) -> dict:
+        m = torch.full((k, k), v, dtype=torch.float64)
+        se = torch.full((k, k), 1e-3, dtype=torch.float64)
+        cls = {"mean": m, "std_error": se}
+        return {f"class_{e}": cls for e in ("correlation", "covariance", "partial")} | {
+            "healthy": True
+        }
+
+    results = [[result(level_by_step[s] + 1e-4 * ss) for s in steps] for ss in range(2)]
+    return RunData(arm, seed, scan, scores, steps, results)
+
+
+def test_analyse_run_measures_the_change_across_the_transition_against_the_interval_before() -> (
+    None
+):
+    levels = {300: 0.0, 700: 0.01, 1100: 0.11, 1500: 0.12}
+    an = analyse_run(_run_data("early", 0, levels, cross=850.0), "correlation", 0.15, 0.05)
+    row = an.row
+    assert 800 < row["transition_step"] < 900
+    assert row["change_across_transition"] == pytest.approx(0.10, abs=1e-9)  # 700 -> 1100
+    assert row["change_before_transition"] == pytest.approx(0.01, abs=1e-9)  # 300 -> 700
+    assert row["change_ratio_across_over_before"] == pytest.approx(10.0, rel=1e-6)
+    # a transition in the first interval has no interval before it
+    early = analyse_run(_run_data("early", 0, levels, cross=500.0), "correlation", 0.15, 0.05)
+    assert np.isnan(early.row["change_before_transition"])
+
+
+def test_stage_change_summary_pairs_seeds_and_tells_larger_from_noise() -> None:
+    rows = pd.DataFrame(
+        {
+            "arm": ["early"] * 3 + ["late"] * 3,
+            "change_across_transition": [0.10, 0.12, 0.11, 0.02, 0.05, 0.01],
+            "change_before_transition": [0.01, 0.02, 0.015, 0.03, 0.02, 0.03],
+        }
+    )
+    out = stage_change_summary(rows)
+    assert (
+        out["stage_change/early/seeds"] == 3 and out["stage_change/early/seeds_larger_across"] == 3
+    )
+    assert out["stage_change/early/ratio_of_means"] == pytest.approx(0.33 / 0.045)
+    assert out["stage_change/early/difference_t_low"] > 0  # resolved: larger across
+    assert out["stage_change/late/seeds_larger_across"] == 1
+    lo, hi = out["stage_change/late/difference_t_low"], out["stage_change/late/difference_t_high"]
+    assert lo < 0 < hi  # mixed signs: not resolved
+    assert stage_change_summary(rows.drop(columns="change_across_transition")) == {}

@@ -13,6 +13,7 @@ from bifrepro.data.text import (
     TokenizedSequences,
 )
 from bifrepro.evaluation.token_links import (
+    example_outcomes,
     QueryToken,
     baseline_rankings,
     benchmark_metrics,
@@ -132,3 +133,24 @@ def test_dense_sequence_ranking_takes_any_relevant_token() -> None:
     qts = [QueryToken(0, 1, "num:3", "x", None)]
     res = dense_ranking(torch.tensor([[0.1, 0.9]]), links, qts, (1,), "sequence")
     assert res[("all", "any")].reciprocal_rank[0] == 0.5  # sequence 1 holds no "3"
+
+
+def test_example_outcomes_state_the_rank_of_the_first_linked_token() -> None:
+    import pandas as pd
+
+    pq = pd.DataFrame(
+        {
+            "example": ["numbers", "numbers_five", "bank_river", "elle", ""],
+            "rr_bif_token_all_other": [1.0, 1 / 63, np.nan, np.nan, 0.5],
+            "rr_bif_token_all_any": [1.0, 1.0, 0.25, np.nan, 1.0],
+        }
+    )
+    out = example_outcomes(pq)
+    assert set(out) == {"numbers", "numbers_five", "bank_river", "elle"}  # unlabelled row skipped
+    assert out["numbers"].startswith("reproduced") and "rank 1" in out["numbers"]
+    assert out["numbers_five"].startswith("NOT reproduced") and "rank 63" in out["numbers_five"]
+    # no other surface form: falls back to any token of the concept
+    assert out["bank_river"].startswith("in the top 10") and "same-concept token at rank 4" in (
+        out["bank_river"]
+    )
+    assert out["elle"].startswith("not measurable")

@@ -62,3 +62,21 @@ def test_poster_figures_and_page(panels_and_inputs) -> None:
     assert "covariance with the query token" in page
     for fig in figures.values():
         fig.clear()
+
+
+def test_example_panels_state_the_outcome_in_the_header() -> None:
+    tok, seqs, qs = packed_text(num_queries=2)
+    observed_index = np.arange(0, 2 * 10, 2)
+    obs = seqs.subset(observed_index)
+    gen = torch.Generator().manual_seed(1)
+    tb = TokenBIF(
+        torch.randn(2, 5, len(qs), 32, generator=gen, dtype=torch.float64),
+        torch.randn(2, 5, len(obs), 32, generator=gen, dtype=torch.float64),
+    )
+    outcomes = {"numbers": "NOT reproduced: first translation / other form at rank 63"}
+    panels = example_panels(
+        tb, tok, obs, observed_index, qs, query_tokens(qs, tok), n_rows=1, outcomes=outcomes
+    )
+    assert "NOT reproduced" in panels["numbers"].title and "rank 63" in panels["numbers"].title
+    others = [p.title for name, p in panels.items() if name != "numbers"]
+    assert all("reproduced" not in t for t in others)  # no outcome given: none claimed
