@@ -16,7 +16,7 @@ import torch
 from bifrepro.attribution.token_bif import TokenBIF
 from bifrepro.evaluation.token_links import QueryToken, benchmark_tables, bif_rankings
 from bifrepro.evaluation.token_metrics import TokenLinks
-from bifrepro.evaluation.token_scale import seed_agreement
+from bifrepro.evaluation.token_scale import projected_agreement, seed_agreement
 from bifrepro.traces import LossTraces
 
 __all__ = ["chain_groups", "chain_group_benchmark", "chain_group_metrics"]
@@ -74,11 +74,17 @@ def chain_group_benchmark(
 
 def chain_group_metrics(per_group: pd.DataFrame, agreement: pd.DataFrame) -> dict[str, Any]:
     """``chain_groups/...`` metrics: cross-form precision@1 / MRR over all categories, mean and
-    standard deviation over the groups, and the mean pairwise Pearson agreement."""
+    standard deviation over the groups, the mean pairwise Pearson agreement, and the agreement
+    two runs of all the chains would have (:func:`projected_agreement`, G times the draws of a
+    group: projected, not measured)."""
     cross = per_group[(per_group.form == "other") & (per_group.category == "all")]
     out: dict[str, Any] = {"chain_groups/num_groups": float(per_group.group.nunique())}
     for col in ("precision_at_1", "mrr"):
         out[f"chain_groups/all_other/{col}_mean"] = float(cross[col].mean())
         out[f"chain_groups/all_other/{col}_sd"] = float(cross[col].std(ddof=1))
     out["chain_groups/agreement_pearson"] = float(agreement["pearson"].mean())
+    groups = out["chain_groups/num_groups"]
+    out["chain_groups/projected_agreement_all_chains"] = projected_agreement(
+        out["chain_groups/agreement_pearson"], groups
+    )
     return out

@@ -37,6 +37,7 @@ __all__ = [
     "scope_form",
     "covering_observed",
     "draws_for_agreement",
+    "projected_agreement",
     "scale_query_tokens",
     "seed_ranking",
     "per_query_rows",
@@ -226,6 +227,15 @@ def draws_for_agreement(r: float, draws: int, target: float = 0.5) -> float:
     if not 0 < r < 1:
         return math.nan if r <= 0 else float(draws)
     return draws * (target / (1 - target)) / (r / (1 - r))
+
+
+def projected_agreement(r: float, factor: float) -> float:
+    """Agreement of two runs with ``factor`` times the draws of two runs that agree at ``r``
+    (the Spearman-Brown formula under :func:`draws_for_agreement`'s model: the Monte Carlo noise
+    variance falls as 1/draws, the true scores stay)."""
+    if not math.isfinite(r) or r <= 0:
+        return math.nan
+    return factor * r / (1 + (factor - 1) * r)
 
 
 def seed_agreement(

@@ -13,13 +13,13 @@ from bifrepro.data.text import (
     TokenizedSequences,
 )
 from bifrepro.evaluation.token_links import (
-    example_outcomes,
     QueryToken,
     baseline_rankings,
     benchmark_metrics,
     benchmark_tables,
     bif_rankings,
     dense_ranking,
+    example_outcomes,
     link_key,
     query_token_dataset,
     query_tokens,
@@ -150,7 +150,8 @@ def test_example_outcomes_state_the_rank_of_the_first_linked_token() -> None:
     assert out["numbers"].startswith("reproduced") and "rank 1" in out["numbers"]
     assert out["numbers_five"].startswith("NOT reproduced") and "rank 63" in out["numbers_five"]
     # no other surface form: falls back to any token of the concept
-    assert out["bank_river"].startswith("in the top 10") and "same-concept token at rank 4" in (
-        out["bank_river"]
+    assert (
+        out["bank_river"].startswith("in the top 10")
+        and "same-concept token at rank 4" in (out["bank_river"])
     )
     assert out["elle"].startswith("not measurable")

@@ -16,6 +16,7 @@ from bifrepro.evaluation.token_scale import (
     covering_observed,
     draws_for_agreement,
     link_resolution,
+    projected_agreement,
     seed_agreement,
     seed_ranking,
 )
@@ -116,6 +117,41 @@ def test_draws_for_agreement_inverts_the_noise_model() -> None:
     assert draws_for_agreement(0.5, 100) == pytest.approx(100)
     assert draws_for_agreement(0.2, 100) == pytest.approx(400)  # odds 1/4 -> 4x the draws
     assert math.isnan(draws_for_agreement(-0.1, 100))
+
+
+def test_projected_agreement_matches_the_noise_model_and_measured_bif_runs() -> None:
+    r = 0.2
+    assert projected_agreement(r, draws_for_agreement(r, 100) / 100) == pytest.approx(0.5)
+    assert projected_agreement(0.37, 1.0) == pytest.approx(0.37)
+    assert math.isnan(projected_agreement(0.0, 3.0))
+    # measured on token BIF: four independent runs of 4 chains each and two runs of 12 chains
+    # whose loss traces share a latent structure (the true scores) under per-draw noise
+    from bifrepro.attribution.token_bif import TokenBIF
+
+    gen = torch.Generator().manual_seed(0)
+    latent, q, n, t, draws = 6, 4, 30, 8, 40
+    load_q = torch.randn(latent, q, t, generator=gen, dtype=torch.float64)
+    load_n = torch.randn(latent, n, t, generator=gen, dtype=torch.float64)
+
+    def run(chains: int) -> torch.Tensor:
+        z = torch.randn(chains, draws, latent, generator=gen, dtype=torch.float64)
+        qt = torch.einsum("cdl,lqt->cdqt", z, load_q) + 4 * torch.randn(
+            chains, draws, q, t, generator=gen, dtype=torch.float64
+        )
+        nt = torch.einsum("cdl,lnt->cdnt", z, load_n) + 4 * torch.randn(
+            chains, draws, n, t, generator=gen, dtype=torch.float64
+        )
+        tb = TokenBIF(qt, nt)
+        return tb.scores([(i, j) for i in range(q) for j in range(t)], list(range(n))).reshape(-1)
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    small = [run(4) for _ in range(4)]
+    r_small = float(np.mean([corr(small[0], small[1]), corr(small[2], small[3])]))
+    r_full = corr(run(12), run(12))
+    assert 0.1 < r_small < 0.7 and r_full > r_small  # a regime where the projection matters
+    assert projected_agreement(r_small, 3) == pytest.approx(r_full, abs=0.08)
 
 
 def test_senses_rank_the_right_sense_among_bank_tokens() -> None:
