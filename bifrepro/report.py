@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bifrepro.evaluation.ranking import ranking_text
+from bifrepro.evaluation.token_scale import projected_agreement
 from bifrepro.io import atomic_write_text
 from bifrepro.report_language_scale import language_scale_block, reproduced_categories
 from bifrepro.report_stagewise_controls import stagewise_controls_block
@@ -1002,9 +1003,11 @@ def _language_groups(folder: Path) -> tuple[dict[str, str], str] | None:
     agree = _read_csv(folder / "chain_group_agreement.csv")
     m = _json(folder / "metrics.json")
     chains = int(m["config"]["sampler"]["num_chains"]) // g["group"].nunique()
+    r, groups = float(agree["pearson"].mean()), int(g["group"].nunique())
     phrase = (
-        f"{g['group'].nunique()} groups of {chains} chains (independent random streams, as "
-        f"sampler seeds); token scores agree between groups at r = {_num(agree['pearson'].mean())}"
+        f"{groups} groups of {chains} chains (independent random streams, as sampler seeds); "
+        f"token scores agree between groups at r = {_num(r)} (two runs of all {groups * chains} "
+        f"chains: r ≈ {_num(projected_agreement(r, groups))}, projected)"
     )
     return cells, phrase
 

@@ -687,3 +687,4 @@ def test_language_headline_reports_the_spread_over_groups_of_chains(tmp_path: Pa
     text = language_headline(tmp_path)
     assert "| all | 10 | 0.30 | 0.30 ± 0.10 | 0.20 |" in text
     assert "3 groups of 4 chains" in text and "r = 0.30" in text and "1 sampler seed" not in text
+    assert "two runs of all 12 chains: r ≈ 0.56, projected" in text  # 3 x 0.3 / (1 + 2 x 0.3)
