@@ -58,6 +58,21 @@ def stagewise_controls_block(results_dir: Path) -> str:
         f"Chains healthy at {m['chains_healthy_fraction']:.0%} of the checkpoint x sampler-seed "
         f"jobs; transition detected in {m['transition_detected_fraction']:.0%} of the runs.",
     ]
+    stage = []
+    for arm in ("early", "late"):
+        p = f"stage_change/{arm}/"
+        if f"{p}ratio_of_means" in m:
+            stage.append(
+                f"{arm} arm {m[p + 'ratio_of_means']:.2g}× (across − before "
+                f"{m[p + 'difference_mean']:+.4f}, t interval {m[p + 'difference_t_low']:+.4f} "
+                f"to {m[p + 'difference_t_high']:+.4f}; larger in "
+                f"{m[p + 'seeds_larger_across']:.0f} of {m[p + 'seeds']:.0f} training seeds)"
+            )
+    if stage:
+        lines.append(
+            "Mean |class-level change| over the class pairs across the transition (the checkpoints "
+            "around it) against the interval as long just before it: " + "; ".join(stage) + "."
+        )
     surv_path = folder / "survival.csv"
     if surv_path.is_file() and surv_path.stat().st_size > 1:
         surv = pd.read_csv(surv_path)

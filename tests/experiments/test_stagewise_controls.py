@@ -174,6 +174,14 @@ def test_block_on_known_numbers(tmp_path) -> None:
     rows[1] |= {"mean": 20.0, "t_low": -80.0, "t_high": 120.0, "excludes_zero": False}
     pd.DataFrame(rows).to_csv(folder / "shift.csv", index=False)
     assert "**does not hold**" in stagewise_controls_block(tmp_path)
+    assert "Mean |class-level change|" not in stagewise_controls_block(tmp_path)
+    p = "stage_change/early/"
+    m |= {p + "ratio_of_means": 2.0, p + "difference_mean": 0.01, p + "difference_t_low": 0.002,
+          p + "difference_t_high": 0.018, p + "seeds_larger_across": 3, p + "seeds": 3}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps({"metrics": m, "experiment": exp}))
+    text = stagewise_controls_block(tmp_path)
+    assert "early arm 2× (across − before +0.0100, t interval +0.0020 to +0.0180" in text
+    assert "larger in 3 of 3 training seeds" in text and "late arm" not in text
 
 
 def test_config_checks(hydra_compose, tmp_path) -> None:
