@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from bifrepro.plots.style import ESTIMATOR_COLORS, house_style, new_figure
 
-__all__ = ["method_color", "method_linestyle", "plot_lds_vs_alpha", "ranking_note"]
+__all__ = ["method_color", "method_linestyle", "method_marker", "plot_lds_vs_alpha", "ranking_note"]
 
 
 def ranking_note(ranking: pd.DataFrame, width: int = 120) -> str:
@@ -47,6 +47,12 @@ def method_color(label: str) -> str:
 def method_linestyle(label: str) -> str:
     """Dashed for the second variant of a method (BIF correlation), solid otherwise."""
     return "--" if "corr" in label else "-"
+
+
+def method_marker(label: str) -> str:
+    """Square for the second variant of a method (BIF correlation), circle otherwise: with the
+    dashed line, the two BIF variants differ in the legend, not only along the curve."""
+    return "s" if "corr" in label else "o"
 
 
 def plot_lds_vs_alpha(
@@ -88,7 +94,7 @@ def plot_lds_vs_alpha(
                 yerr=np.vstack([np.nan_to_num(lo), np.nan_to_num(hi)]),
                 color=method_color(label),
                 ls=method_linestyle(label),
-                marker="o",
+                marker=method_marker(label),
                 ms=4,
                 capsize=3,
                 label=label,
@@ -104,6 +110,7 @@ def plot_lds_vs_alpha(
                     color=method_color(label),
                     alpha=0.15,
                     lw=0,
+                    hatch="////" if "corr" in label else None,
                     label=f"{label}: range over {n_seeds} sampler seeds",
                 )
         ax.axhline(0.0, color="0.4", lw=0.8, zorder=0)
@@ -116,5 +123,7 @@ def plot_lds_vs_alpha(
         # over the whole figure: the long title would run into the y label above the axes alone
         fig.suptitle(title, fontsize="small")
         # beside the axes: inside, some α's interval always sits under it
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+        # long handles: a dashed variant shows its dashes
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small",
+                  handlelength=3.2)  # fmt: skip
     return fig

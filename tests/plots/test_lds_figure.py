@@ -73,3 +73,30 @@ def test_legend_stays_clear_of_the_data_where_every_alpha_is_low() -> None:
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1
+
+
+def test_the_two_bif_variants_differ_in_the_legend() -> None:
+    rows = [
+        {"method": m, "alpha": a, "lds": 0.3, "ci_low": 0.2, "ci_high": 0.4}
+        for m in ("BIF (cov)", "BIF (corr)")
+        for a in (0.05, 0.5)
+    ]
+    bands = pd.DataFrame(
+        [
+            {"method": m, "alpha": a, "num_seeds": 3, "seed_min": 0.1, "seed_max": 0.5}
+            for m in ("BIF (cov)", "BIF (corr)")
+            for a in (0.05, 0.5)
+        ]
+    )
+    ax = plot_lds_vs_alpha(pd.DataFrame(rows), "title", seed_bands=bands).axes[0]
+    handles = {lab: h for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)}
+    assert set(handles) == {t.get_text() for t in ax.get_legend().get_texts()}
+    cov, corr = handles["BIF (cov)"], handles["BIF (corr)"]
+    # same colour (one method), told apart by marker and line style
+    cov_line, corr_line = cov.lines[0], corr.lines[0]
+    assert cov_line.get_color() == corr_line.get_color()
+    assert cov_line.get_marker() != corr_line.get_marker()
+    assert cov_line.get_linestyle() != corr_line.get_linestyle()
+    cov_band = handles["BIF (cov): range over 3 sampler seeds"]
+    corr_band = handles["BIF (corr): range over 3 sampler seeds"]
+    assert cov_band.get_hatch() != corr_band.get_hatch()
