@@ -105,7 +105,7 @@ reproduce-language-scale: $(STAMP)  ## Token links across 3 embedded LM sizes x 
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
 	$(PY) -m experiments.imagenet experiment=imagenet
 
-reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on Fashion-MNIST, 3 retraining and 3 sampler seeds (~25-35 min on 2 cores)
+reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on Fashion-MNIST, 3 retraining and 3 sampler seeds (~15 min on 2 cores)
 	$(PY) -m experiments.lds experiment=lds
 
 reproduce-lds-resnet9: $(STAMP)  ## LDS with a ResNet-9 (width 8) on Fashion-MNIST, 102 subset-seed pairs per alpha (~50 min; not in reproduce)

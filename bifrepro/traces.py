@@ -71,6 +71,9 @@ class LossTraces(Mapping[str, torch.Tensor]):
     For on-disk traces the tensors are copy-on-write views of the memory-mapped files.
     ``num_params`` is the number of sampled parameters (those with ``requires_grad``), which the
     health rules need; None when unknown (traces stored before it was recorded).
+    ``sampling_seconds`` is the wall time the invocation that finished the draws spent (loading
+    them again from a store keeps it; earlier, interrupted invocations are not counted); None
+    when unknown (merged or older stores).
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class LossTraces(Mapping[str, torch.Tensor]):
         init_losses: dict[str, torch.Tensor],
         out_dir: Path | None = None,
         num_params: int | None = None,
+        sampling_seconds: float | None = None,
     ) -> None:
         self._data = data
+        self.sampling_seconds = sampling_seconds
         self.diagnostics = diagnostics
         self.config = config
         self.init_losses = init_losses
@@ -378,6 +383,7 @@ class TraceStore:
             init,
             out_dir=self.root,
             num_params=manifest.get("num_params"),
+            sampling_seconds=manifest.get("sampling_seconds"),
         )
 
 

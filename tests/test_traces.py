@@ -129,6 +129,18 @@ def test_different_weights_are_refused_even_with_equal_sums(tmp_path):
         _sample(permuted, ds, tmp_path)
 
 
+def test_sampling_seconds_survive_loading_from_the_store(tmp_path):
+    """A rerun that loads finished traces reports what sampling them cost, not the load time."""
+    _, _, model, ds = _problem()
+    in_memory = sample_loss_traces(model, mse_loss, ds, {"train": ds}, CFG, progress=False)
+    assert in_memory.sampling_seconds is not None and in_memory.sampling_seconds > 0
+    first = _sample(model, ds, tmp_path)
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["sampling_seconds"]
+    assert recorded > 0 and first.sampling_seconds == recorded
+    assert _sample(model, ds, tmp_path).sampling_seconds == recorded  # loaded, not re-timed
+    assert LossTraces.load(tmp_path).sampling_seconds == recorded
+
+
 def test_complete_status_on_a_partial_store_raises(tmp_path):
     _, _, model, ds = _problem()
     _interrupted(model, ds, tmp_path)

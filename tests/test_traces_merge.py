@@ -94,6 +94,7 @@ def test_merged_chain_jobs_equal_one_run_of_all_chains(problem, jobs, tmp_path, 
     mine = json.loads((tmp_path / "merged" / "manifest.json").read_text())
     expected = [0, 2] if len(split) == 2 else [0, 1, 2, 3]
     assert [s["first_chain"] for s in mine.pop("merged_from")] == expected
+    assert single.pop("sampling_seconds") > 0 and "sampling_seconds" not in mine  # no one wall time
     assert mine == single
     for rel in ("traces/train.npy", "traces/query.npy", "traces/init_train.npy",
                 "diagnostics/sgld_loss.npy", "diagnostics/distance.npy"):  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,7 @@ def sample_loss_traces(
             ``divergence_factor·(1 + |loss at w*|)``.
     """
     config.validate()
+    t_start = time.perf_counter()
     obs = _normalise_observables(observables, loss_fn)
     work = copy.deepcopy(model)
     work.eval()
@@ -302,6 +304,8 @@ def sample_loss_traces(
         manifest = store.read_manifest() or {}
         store.check_complete(manifest)  # every draw recorded and finite, before saying so
         manifest["status"] = "complete"
+        # what producing the draws cost, for runs that later load them from this store
+        manifest["sampling_seconds"] = time.perf_counter() - t_start
         store.write_manifest(manifest)
         traces = store.to_traces(manifest, verify=False)
     else:
@@ -311,7 +315,8 @@ def sample_loss_traces(
             observed_loss={n: _mean_over_items(t) for n, t in arrays.items()},
             init_loss=init_mean,
         )
-        traces = LossTraces(arrays, diagnostics, config, init_rows, num_params=num_params)
+        traces = LossTraces(arrays, diagnostics, config, init_rows, num_params=num_params,
+                            sampling_seconds=time.perf_counter() - t_start)  # fmt: skip
     log.info("BIF sampling done: %s", traces.diagnostics.summary())
     traces.diagnostics.warn_if_drifting()
     return traces

@@ -109,6 +109,8 @@ def test_run_writes_figures_tables_and_mlflow(
     assert metrics["chain_groups/num_groups"] == 2
     html = (out / "language_tokens.html").read_text()
     assert "répondu" in html and "title='" in html
+    # every poster example's header states its outcome, from the per-query ranks
+    assert html.count("reproduced") + html.count("not measurable") >= len(examples)
 
     runs = search_runs("language")
     assert len(runs) == 1
@@ -122,6 +124,11 @@ def test_run_writes_figures_tables_and_mlflow(
 
     figs = {a.path for a in get_client(mlflow_uri).list_artifacts(row["run_id"], "figures")}
     assert figs == {f"figures/{f}" for f in lang.FIGURES}
+    # a rerun loads the traces and reports what sampling them cost, not the load time
+    sampled = metrics["timing/bif/sampling_seconds"]
+    assert sampled > 0
+    (out / "devinterp_comparison.csv").write_text("bench\n")
+    assert lang.run(cfg)["timing/bif/sampling_seconds"] == sampled
 
 
 def test_any_causal_lm_through_from_pretrained(hydra_compose, tmp_path) -> None:
