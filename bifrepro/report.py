@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bifrepro.evaluation.ranking import ranking_text
+from bifrepro.evaluation.token_links import EXAMPLE_PREFIX
 from bifrepro.evaluation.token_scale import projected_agreement
 from bifrepro.io import atomic_write_text
 from bifrepro.report_language_scale import language_scale_block, reproduced_categories
@@ -995,7 +996,7 @@ def _language_groups(folder: Path) -> tuple[dict[str, str], str] | None:
     if not path.is_file():
         return None
     g = _read_csv(path)
-    g = g[g["form"] == "other"]
+    g = g[(g["form"] == "other") & ~g["category"].astype(str).str.startswith(EXAMPLE_PREFIX)]
     cells = {
         cat: f"{_num(v.mean())} ± {_num(v.std(ddof=1))}"
         for cat, v in g.groupby("category")["precision_at_1"]

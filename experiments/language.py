@@ -212,9 +212,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics.update(chain_group_metrics(*groups.values()))
 
         # 4. figures and HTML
-        n_rows = max(exp.rows_per_example, exp.html_rows)
-        panels = example_panels(tb, s.tokenizer, obs, s.observed_index, qs, qts, n_rows,
-                                exp.normalize, example_outcomes(per_query))  # fmt: skip
+        outcomes = example_outcomes(per_query, per_group=groups.get("bif_chain_groups.csv"))
+        panels = example_panels(tb, s.tokenizer, obs, s.observed_index, qs, qts,
+                                max(exp.rows_per_example, exp.html_rows), exp.normalize, outcomes)  # fmt: skip
         model_name = s.model_info["display_name"]
         figures = poster_figures(panels, note, model_name, exp.rows_per_example, exp.normalize)
         page = poster_page(

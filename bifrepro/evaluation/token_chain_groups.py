@@ -14,7 +14,12 @@ import pandas as pd
 import torch
 
 from bifrepro.attribution.token_bif import TokenBIF
-from bifrepro.evaluation.token_links import QueryToken, benchmark_tables, bif_rankings
+from bifrepro.evaluation.token_links import (
+    EXAMPLE_PREFIX,
+    QueryToken,
+    benchmark_tables,
+    bif_rankings,
+)
 from bifrepro.evaluation.token_metrics import TokenLinks
 from bifrepro.evaluation.token_scale import projected_agreement, seed_agreement
 from bifrepro.traces import LossTraces
@@ -48,19 +53,21 @@ def chain_group_benchmark(
     links, all queries); between groups, the Pearson / Spearman agreement of their token scores.
 
     Returns ``(per_group, agreement)``: ``per_group`` has ``group, form, category`` and
-    precision@1, precision@10 (when 10 is in ``ks``) and MRR; ``agreement`` one row per pair of
-    groups (:func:`~bifrepro.evaluation.token_scale.seed_agreement`).
+    precision@1, precision@10 (when 10 is in ``ks``) and MRR, and one row per poster example and
+    form (category ``example:<name>``, its one query's reciprocal rank as MRR); ``agreement`` one
+    row per pair of groups (:func:`~bifrepro.evaluation.token_scale.seed_agreement`).
     """
     query, train = torch.as_tensor(traces["query"]), torch.as_tensor(traces["train"])
     pairs = [(q.seq, q.pos) for q in qts]
     rows, scores = [], {}
     for g, chains in enumerate(chain_groups(int(train.shape[0]), groups)):
         tb = TokenBIF(query[chains], train[chains], normalize=normalize, detrend=detrend)
-        table, _ = benchmark_tables(bif_rankings(tb, links, qts, ks), qts)
+        table, per_query = benchmark_tables(bif_rankings(tb, links, qts, ks), qts)
         token = table[(table.method == "bif") & (table.level == "token")]
         token = token[(token.subset == "all") & (token.scope == "all")]
         keep = [c for c in _COLUMNS if c in token.columns]
         rows.append(token[["form", "category", *keep]].assign(group=g))
+        rows.append(_example_rows(per_query).assign(group=g))
         scores[g] = tb.scores(pairs, list(range(tb.n_train)))
     per_group = pd.concat(rows, ignore_index=True)[["group", "form", "category", *keep]]
     draws = len(chain_groups(int(train.shape[0]), groups)[0]) * int(train.shape[1])
@@ -70,6 +77,20 @@ def chain_group_benchmark(
         columns={"seed_a": "group_a", "seed_b": "group_b"}
     )
     return per_group, agreement
+
+
+def _example_rows(per_query: pd.DataFrame) -> pd.DataFrame:
+    """One row per poster example and form with its single query's reciprocal rank (``mrr``) and
+    whether it ranks first; category ``example:<name>``, so a figure can say whether the rank of
+    an example holds across the groups (:func:`~bifrepro.evaluation.token_links.example_outcomes`).
+    """
+    rows = []
+    for _, q in per_query[per_query["example"].astype(str) != ""].iterrows():
+        for form in ("other", "any"):
+            rr = float(q.get(f"rr_bif_token_all_{form}", float("nan")))
+            rows.append({"form": form, "category": f"{EXAMPLE_PREFIX}{q['example']}",
+                         "precision_at_1": float(rr == 1.0), "mrr": rr})  # fmt: skip
+    return pd.DataFrame(rows, columns=["form", "category", "precision_at_1", "mrr"])
 
 
 def chain_group_metrics(per_group: pd.DataFrame, agreement: pd.DataFrame) -> dict[str, Any]:

@@ -53,8 +53,12 @@ __all__ = [
     "benchmark_ranking",
     "benchmark_tables",
     "benchmark_metrics",
+    "EXAMPLE_PREFIX",
     "example_outcomes",
 ]
+
+#: ``category`` of a single poster example's rows in per-group tables (``example:numbers``).
+EXAMPLE_PREFIX = "example:"
 
 #: (method, level) -> (scope, form) -> ranking of every query token
 Rankings = dict[tuple[str, str], dict[tuple[str, str], RankingResult]]
@@ -312,7 +316,11 @@ def benchmark_metrics(table: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, flo
 
 
 def example_outcomes(
-    per_query: pd.DataFrame, method: str = "bif", level: str = "token", top: int = 10
+    per_query: pd.DataFrame,
+    method: str = "bif",
+    level: str = "token",
+    top: int = 10,
+    per_group: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Per poster example, whether ``method`` reproduces its link, with the rank, for figure titles.
 
@@ -320,8 +328,17 @@ def example_outcomes(
     tokens (``per_query``'s reciprocal ranks, :func:`benchmark_tables`): the translation or other
     surface form where the concept has one (e.g. "five" for "5"), otherwise any token of the same
     concept (the two senses of "bank"). Rank 1 is "reproduced", rank <= ``top`` "in the top
-    ``top``", anything later "NOT reproduced".
+    ``top``", anything later "NOT reproduced". With ``per_group`` (BIF's ranks per group of chains,
+    rows of category ``example:<name>``,
+    :func:`~bifrepro.evaluation.token_chain_groups.chain_group_benchmark`) the groups' ranks
+    follow, and whether every group gives the same verdict (else: "not resolved").
     """
+
+    def verdict(rank: int) -> str:
+        return (
+            "reproduced" if rank == 1 else f"in the top {top}" if rank <= top else "NOT reproduced"
+        )
+
     out = {}
     for _, row in per_query[per_query["example"].astype(str) != ""].iterrows():
         form = "other"
@@ -333,8 +350,14 @@ def example_outcomes(
             out[row["example"]] = f"not measurable (no {what} observed)"
             continue
         rank = int(round(1.0 / rr))
-        verdict = (
-            "reproduced" if rank == 1 else f"in the top {top}" if rank <= top else "NOT reproduced"
-        )
-        out[row["example"]] = f"{verdict}: first {what} at rank {rank}"
+        text = f"{verdict(rank)}: first {what} at rank {rank}"
+        if per_group is not None:
+            sel = per_group[(per_group["category"] == f"{EXAMPLE_PREFIX}{row['example']}")
+                            & (per_group["form"] == form)]  # fmt: skip
+            ranks = [int(round(1.0 / r)) if r > 0 else None for r in sel["mrr"].astype(float)]
+            if ranks and None not in ranks:
+                same = len({verdict(r) for r in ranks}) == 1
+                text += (f" (per chain group: {', '.join(map(str, ranks))}; "
+                         f"{'same verdict in every group' if same else 'not resolved'})")  # fmt: skip
+        out[row["example"]] = text
     return out

@@ -53,6 +53,11 @@ def test_identical_groups_agree_fully_and_match_the_benchmark_of_one_group(setup
     ref = ref[(ref.scope == "all") & (ref.form == "other") & (ref.category == "all")].iloc[0]
     cross = per_group[(per_group.form == "other") & (per_group.category == "all")]
     assert cross["mrr"].tolist() == pytest.approx([ref.mrr] * 3)
+    # each poster example's own reciprocal rank per group, equal to the one-group benchmark's
+    _, per_query = benchmark_tables(bif_rankings(TokenBIF(query, train), links, qts, (1, 10)), qts)
+    ex = per_query[per_query.example.astype(str) != ""].iloc[0]
+    rows = per_group[(per_group.category == f"example:{ex.example}") & (per_group.form == "any")]
+    assert rows["mrr"].tolist() == pytest.approx([ex.rr_bif_token_all_any] * 3)
     metrics = chain_group_metrics(per_group, agreement)
     assert metrics["chain_groups/all_other/mrr_sd"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["chain_groups/agreement_pearson"] == pytest.approx(1.0)

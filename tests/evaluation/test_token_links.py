@@ -155,3 +155,28 @@ def test_example_outcomes_state_the_rank_of_the_first_linked_token() -> None:
         and "same-concept token at rank 4" in (out["bank_river"])
     )
     assert out["elle"].startswith("not measurable")
+
+
+def test_example_outcomes_say_whether_the_chain_groups_agree() -> None:
+    import pandas as pd
+
+    pq = pd.DataFrame(
+        {
+            "example": ["numbers", "numbers_five"],
+            "rr_bif_token_all_other": [1.0, 1 / 63],
+            "rr_bif_token_all_any": [1.0, 1.0],
+        }
+    )
+    groups = pd.DataFrame(
+        {
+            "group": [0, 1, 2, 0, 1, 2],
+            "form": ["other"] * 6,
+            "category": ["example:numbers"] * 3 + ["example:numbers_five"] * 3,
+            "mrr": [1.0, 1.0, 1.0, 1 / 40, 1 / 2, 1 / 120],
+        }
+    )
+    out = example_outcomes(pq, per_group=groups)
+    assert out["numbers"].endswith("(per chain group: 1, 1, 1; same verdict in every group)")
+    # one group puts the translation at rank 2 (top 10), the others far below: not resolved
+    assert out["numbers_five"].startswith("NOT reproduced")
+    assert "(per chain group: 40, 2, 120; not resolved)" in out["numbers_five"]
