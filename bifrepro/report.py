@@ -1029,10 +1029,18 @@ def _language_health(path: Path) -> str:
 
 
 def stagewise_headline(results_dir: Path) -> str:
-    """The stagewise block, with the seeds it rests on."""
-    return stagewise_block(results_dir) + (
-        "\n\nOne training seed and one sampler seed (no spread over seeds yet)."
-    )
+    """The stagewise block, with the seeds it rests on, and the same question asked with seeds
+    by the controls (when they have run)."""
+    text = stagewise_block(results_dir) + "\n\nOne training seed and one sampler seed."
+    seeded = _stage_change_with_seeds(Path(results_dir) / "stagewise_controls" / "metrics.json")
+    if seeded is not None:
+        text += (
+            f" Asked again {seeded[0]} ({seeded[2]}): **{seeded[1]}**; the single run's ratio "
+            "is not confirmed with seeds (the control trains at a constant learning rate)."
+            if not seeded[1].startswith("larger")
+            else f" Asked again {seeded[0]} ({seeded[2]}): **{seeded[1]}**."
+        )
+    return text
 
 
 def compute_headline(results_dir: Path) -> str:
@@ -1186,7 +1194,7 @@ def _stage_change_with_seeds(path: Path) -> tuple[str, str, str] | None:
         return None
     lo, hi = m[p + "difference_t_low"], m[p + "difference_t_high"]
     what = (
-        f"with 3 training seeds (constant-LR control, early arm) {m[p + 'ratio_of_means']:.2g}×, "
+        f"with 3 training seeds (constant-LR control, early arm) {m[p + 'ratio_of_means']:.2f}×, "
         f"across − before {m[p + 'difference_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], larger in "
         f"{m[p + 'seeds_larger_across']:.0f} of {m[p + 'seeds']:.0f} seeds"
     )

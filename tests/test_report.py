@@ -652,7 +652,7 @@ def test_stage_change_with_seeds_reads_the_early_arm(tmp_path: Path) -> None:
     exp = {"train_seeds": [0, 1, 2], "sampler_seeds": [0, 1]}
     path.write_text(json.dumps({"metrics": m, "experiment": exp}))
     what, verdict, seeds = _stage_change_with_seeds(path)
-    assert "1.6×" in what and "+0.004 [-0.002, +0.010]" in what and "2 of 3 seeds" in what
+    assert "1.60×" in what and "+0.004 [-0.002, +0.010]" in what and "2 of 3 seeds" in what
     assert verdict == "not resolved over training seeds" and seeds == "3 training × 2 sampler seeds"
     m[p + "difference_t_low"] = 0.001
     path.write_text(json.dumps({"metrics": m, "experiment": exp}))

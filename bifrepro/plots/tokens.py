@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,7 +82,8 @@ def plot_token_panels(
     # layout in "lines": title, then per panel: header, query lines, gap, per row header + lines
     items: list[tuple[str, object]] = []
     for p in panels:
-        items.append(("header", p.title))
+        # bold and larger than the token text: wrapped well inside the token width
+        items.extend(("header", line) for line in textwrap.wrap(p.title, int(width_chars * 0.8)))
         items.extend(("query", (p, line)) for line in _wrap(p.query_tokens, width_chars))
         items.append(("gap", None))
         for row in p.rows:

@@ -28,3 +28,16 @@ def test_token_figure_and_html_page() -> None:
         and "title='+0.800'" in page
         and "title='-0.300'" in page
     )
+
+
+def test_a_long_panel_header_wraps_inside_the_figure() -> None:
+    long_title = '"5" -> "five" - NOT reproduced: first translation at rank 63 ' * 4
+    panel = TokenPanel(long_title, [" I", " saw", " 5", " birds"], 2, [])
+    fig = plot_token_panels([panel], "test figure", width_chars=60)
+    ax = fig.axes[0]
+    bold = [t for t in ax.texts if t.get_fontweight() == "bold"]
+    assert len(bold) > 1  # wrapped onto several lines
+    assert " ".join(t.get_text() for t in bold) == " ".join(long_title.split())
+    fig.canvas.draw()
+    right = fig.bbox.x1
+    assert all(t.get_window_extent().x1 <= right for t in bold)  # none runs off the figure
