@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -172,9 +173,12 @@ def _bars(ax, rows_by_method: dict, ks: list[int], value: str, **kwargs) -> None
         ]
         ax.bar(x, rows[value].to_numpy(), width=width, yerr=err, capsize=2, label=m,
                color=_color(m), **kwargs)  # fmt: skip
+        # a bar's top as a thick line of its colour: a zero-height bar stays visible
+        ax.hlines(rows[value].to_numpy(), np.subtract(x, width / 2), np.add(x, width / 2),
+                  colors=_color(m), lw=2.5, zorder=3)  # fmt: skip
     ax.set_xticks(range(len(ks)), [f"top-{k}" for k in ks])
     ax.set_xlabel("top-k training items by score")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(-0.03, 1.05)  # room below 0 for the zero lines
 
 
 def plot_agreement(

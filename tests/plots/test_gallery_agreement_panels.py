@@ -39,3 +39,27 @@ def test_group_panel_and_legend_outside_the_axes() -> None:
     assert len(legend.get_texts()) == len(METHODS) + 1  # methods and chance
     for ax in fig.axes:
         assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+
+
+def test_a_zero_agreement_bar_stays_visible() -> None:
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
+
+    table, _ = _tables()
+    table.loc[(table.method == "BIF") & (table.direction == "harmful"), "agreement"] = 0.0
+    fig = plot_agreement(table)
+    harmful = fig.axes[1]
+    bif_color = next(p.get_facecolor() for p in harmful.patches if p.get_height() == 0.0)
+    tops = [
+        c
+        for c in harmful.collections
+        if isinstance(c, LineCollection) and c.get_linewidth()[0] >= 2
+    ]
+    zero_lines = [
+        seg
+        for c in tops
+        if tuple(c.get_colors()[0]) == to_rgba(bif_color)
+        for seg in c.get_segments()
+    ]
+    assert len(zero_lines) == 3 and all(seg[:, 1].max() == 0.0 for seg in zero_lines)
+    assert harmful.get_ylim()[0] < 0  # the zero lines sit above the axis, not on it
