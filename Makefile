@@ -95,7 +95,7 @@ reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few mi
 reproduce-toy-robustness: $(STAMP)  ## Toy sign flips over 5 sampler x 3 init seeds: which are robust (~10 min)
 	$(PY) -m experiments.toy_robustness experiment=toy_robustness
 
-reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~15 min)
+reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~20 min on 2 cores)
 	$(PY) -m experiments.language experiment=language
 	$(PY) bench/bench_devinterp.py
 
