@@ -73,8 +73,9 @@ format: $(STAMP)  ## Auto-format with ruff
 	$(PY) -m ruff check --fix bifrepro experiments tests bench
 	$(PY) -m ruff format bifrepro experiments tests bench
 
-bench: $(STAMP)  ## Performance benchmarks (prints ratios measured in one run)
+bench: $(BENCH_STAMP)  ## Performance benchmarks, ratios measured in one run: sampler overhead, batched vs sequential chains, options, bifrepro vs devinterp (3 paired repeats)
 	$(PY) bench/bench_sampler.py
+	$(PY) bench/bench_devinterp.py --repeats 3 --no-bf16-arm --no-mlflow --out outputs/bench
 
 bench-accuracy: $(STAMP)  ## BIF accuracy against exact answers (linear/logistic regression, MLP, per token) -> results/accuracy/, docs/accuracy.md (<= 15 min)
 	$(PY) bench/accuracy.py
@@ -97,7 +98,7 @@ reproduce-toy-robustness: $(STAMP)  ## Toy sign flips over 5 sampler x 3 init se
 
 reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~20 min on 2 cores)
 	$(PY) -m experiments.language experiment=language
-	$(PY) bench/bench_devinterp.py
+	$(PY) bench/bench_devinterp.py --repeats 3
 
 reproduce-language-scale: $(STAMP)  ## Token links across 3 embedded LM sizes x 3 sampler seeds: cross-form benchmark with CIs, seed agreement, poster figures (~20-40 min on 2 cores)
 	$(PY) -m experiments.language_scale experiment=language_scale

@@ -6,7 +6,8 @@ full token-wise correlation matrix ``[n, n, T-1, T-1]`` between every pair of ob
 devinterp's ``correlation_method="token"`` output. Each side runs in its own fresh process, so the
 wall time and the peak resident memory of one do not leak into the other. Measured per side:
 
-* ``seconds`` — wall time of the call (sampling + scores; model loading excluded);
+* ``seconds`` — wall time of the call (sampling + scores; model loading excluded); with
+  ``--repeats N`` the median of N runs per side in alternating order, and the ratio of each pair;
 * ``peak_rss_mb`` — peak increase of the process's resident memory during the call
   (:func:`bifrepro.attribution.timing.measure_phase`), and ``maxrss_mb`` — its high-water mark.
 
@@ -65,6 +66,11 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
     p.add_argument(
         "--no-bf16-arm", action="store_true",
         help="skip the extra bifrepro run with bfloat16 observables (same seed as the first run)",
+    )  # fmt: skip
+    p.add_argument(
+        "--repeats", type=int, default=1,
+        help="timed runs per side, alternating which side goes first (wall times: median; the "
+        "ratio of every repeat is printed)",
     )  # fmt: skip
     p.add_argument("--out", type=str, default=None, help="output folder (default results/language)")
     p.add_argument("--no-mlflow", action="store_true")
@@ -189,6 +195,22 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return {"pearson": pearson, "spearman": spearman, "entries": float(len(x))}
 
 
+def timing_summary(ours: list[float], theirs: list[float]) -> dict[str, float | list[float]]:
+    """Median wall time per side over paired repeats, the ratio of the medians and of each pair
+    (devinterp ÷ bifrepro: > 1 means bifrepro is faster), and the spread of the pair ratios."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError(f"need paired repeats, got {len(ours)} and {len(theirs)}")
+    pairs = [t / o for o, t in zip(ours, theirs, strict=True)]
+    return {
+        "bifrepro_seconds": float(np.median(ours)),
+        "devinterp_seconds": float(np.median(theirs)),
+        "speedup": float(np.median(theirs) / np.median(ours)),
+        "speedup_runs": pairs,
+        "speedup_min": float(min(pairs)),
+        "speedup_max": float(max(pairs)),
+    }
+
+
 def _in_our_order(res: dict) -> torch.Tensor:
     """Rows/columns of a child's ``[n, n, T, T]`` scores permuted into our sequence order."""
     order = res["order"]
@@ -259,8 +281,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
              "sampler": s},
             spec,
         )  # fmt: skip
-        ours = _launch("bifrepro", spec, 0, args, tmp)
-        theirs = _launch("devinterp", spec, 0, args, tmp)
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        runs: dict[str, list[dict]] = {"bifrepro": [], "devinterp": []}
+        for r in range(args.repeats):  # alternate the order: drift in machine load cancels
+            for which in ("bifrepro", "devinterp") if r % 2 == 0 else ("devinterp", "bifrepro"):
+                runs[which].append(_launch(which, spec, 0, args, tmp))
+        ours, theirs = runs["bifrepro"][0], runs["devinterp"][0]  # same seed: same scores
+        timing = timing_summary(
+            [x["seconds"] for x in runs["bifrepro"]], [x["seconds"] for x in runs["devinterp"]]
+        )
         # bfloat16 observables on the same draws (same seed: the SGLD steps stay float32), so
         # its agreement with `ours` isolates the rounding error from Monte Carlo noise
         half = None
@@ -271,9 +301,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     agree = _agreement(a, b)
     noise = _agreement(a, a2)
     metrics = {
-        "bifrepro_seconds": ours["seconds"],
-        "devinterp_seconds": theirs["seconds"],
-        "speedup": theirs["seconds"] / ours["seconds"],
+        "bifrepro_seconds": timing["bifrepro_seconds"],
+        "devinterp_seconds": timing["devinterp_seconds"],
+        "speedup": timing["speedup"],
+        "speedup_min": timing["speedup_min"],
+        "speedup_max": timing["speedup_max"],
+        "timing_repeats": float(args.repeats),
         "bifrepro_peak_rss_mb": ours["peak_rss_mb"],
         "devinterp_peak_rss_mb": theirs["peak_rss_mb"],
         "peak_memory_ratio": theirs["peak_rss_mb"] / max(ours["peak_rss_mb"], 1e-9),
@@ -290,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         same_draws = _agreement(a, _in_our_order(half))
         metrics.update(
             bifrepro_bf16_seconds=half["seconds"],
-            speedup_bf16=theirs["seconds"] / half["seconds"],
+            speedup_bf16=metrics["devinterp_seconds"] / half["seconds"],
             bf16_vs_float32_same_draws_pearson=same_draws["pearson"],
             bf16_vs_float32_same_draws_spearman=same_draws["spearman"],
         )
@@ -304,8 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
     rows = [
-        {"quantity": "wall seconds", "bifrepro": ours["seconds"], "devinterp": theirs["seconds"],
-         "ratio_devinterp_over_bifrepro": metrics["speedup"]},
+        {"quantity": "wall seconds", "bifrepro": metrics["bifrepro_seconds"],
+         "devinterp": metrics["devinterp_seconds"], "ratio_devinterp_over_bifrepro": metrics["speedup"]},
         {"quantity": "peak RSS increase (MB)", "bifrepro": ours["peak_rss_mb"],
          "devinterp": theirs["peak_rss_mb"], "ratio_devinterp_over_bifrepro": metrics["peak_memory_ratio"]},
         {"quantity": "process max RSS (MB)", "bifrepro": ours["maxrss_mb"],
@@ -319,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if half is not None:
         rows.append(
             {"quantity": "wall seconds, bifrepro with bfloat16 observables",
-             "bifrepro": half["seconds"], "devinterp": theirs["seconds"],
+             "bifrepro": half["seconds"], "devinterp": metrics["devinterp_seconds"],
              "ratio_devinterp_over_bifrepro": metrics["speedup_bf16"]}
         )  # fmt: skip
         rows.append(
@@ -340,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             tracker.log_artifact(out_dir / "devinterp_comparison.csv", "tables")
     print(json.dumps({"setting": setting, "metrics": metrics}, indent=1))
     print(
-        f"bifrepro vs devinterp: {metrics['speedup']:.2f}x faster, peak memory "
+        f"bifrepro vs devinterp: {metrics['speedup']:.2f}x faster (median of {args.repeats}; "
+        f"per repeat {', '.join(f'{x:.2f}' for x in timing['speedup_runs'])}), peak memory "
         f"{metrics['peak_memory_ratio']:.2f}x lower; score agreement Pearson "
         f"{agree['pearson']:.3f} (bifrepro seed-to-seed {noise['pearson']:.3f})"
     )
