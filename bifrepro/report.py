@@ -589,6 +589,14 @@ def language_block(results_dir: Path) -> str:
             f"devinterp's scores agree with bifrepro's as well as a second bifrepro seed does "
             f"(Pearson {float(agree):.3f} vs {float(ref):.3f}).",
         ]
+        runs = _json(devinterp.with_suffix(".json"))["metrics"] if devinterp.with_suffix(
+            ".json").is_file() else {}  # fmt: skip
+        if runs.get("timing_repeats", 1) > 1:
+            lines[-1] += (
+                f" Wall times are medians of {runs['timing_repeats']:.0f} paired runs in "
+                f"alternating order; per pair, bifrepro took {1 / runs['speedup_max']:.2f}–"
+                f"{1 / runs['speedup_min']:.2f} of devinterp's time."
+            )
         bf16 = "wall seconds, bifrepro with bfloat16 observables"
         if bf16 in d.index:
             same = d.at["Pearson, bfloat16 vs float32 observables on the same draws", "bifrepro"]

@@ -415,6 +415,13 @@ def test_language_block_reports_every_category_and_the_resolved_ranking(tmp_path
     table.to_csv(folder / "devinterp_comparison.csv", index=False)
     text = language_block(tmp_path)
     assert "45 s, 0.45 of devinterp's time" in text and "Pearson 0.987" in text
+    assert "paired runs" not in text  # one run per side: no repeats to report
+    import json
+
+    m = {"timing_repeats": 3.0, "speedup_min": 1.25, "speedup_max": 1.6}
+    (folder / "devinterp_comparison.json").write_text(json.dumps({"metrics": m}))
+    text = language_block(tmp_path)
+    assert "medians of 3 paired runs" in text and "took 0.62–0.80 of devinterp's time" in text
 
 
 DOC = "# page\n<!-- report:accuracy:begin -->\nstale\n<!-- report:accuracy:end -->\nend\n"
