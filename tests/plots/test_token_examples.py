@@ -19,16 +19,22 @@ from bifrepro.plots.token_examples import (
 from tests.data._text import packed_text
 
 
-@pytest.fixture(scope="module")
-def panels_and_inputs():
+def _random_bif(seed: int):
+    """Packed text, every other sequence observed, and a token BIF of random traces."""
     tok, seqs, qs = packed_text(num_queries=2)
     observed_index = np.arange(0, 2 * 10, 2)
     obs = seqs.subset(observed_index)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     tb = TokenBIF(
         torch.randn(2, 5, len(qs), 32, generator=gen, dtype=torch.float64),
         torch.randn(2, 5, len(obs), 32, generator=gen, dtype=torch.float64),
     )
+    return tb, tok, obs, observed_index, qs
+
+
+@pytest.fixture(scope="module")
+def panels_and_inputs():
+    tb, tok, obs, observed_index, qs = _random_bif(0)
     qts = query_tokens(qs, tok)
     panels = example_panels(tb, tok, obs, observed_index, qs, qts, n_rows=2)
     return panels, tok, obs, qs
@@ -65,14 +71,7 @@ def test_poster_figures_and_page(panels_and_inputs) -> None:
 
 
 def test_example_panels_state_the_outcome_in_the_header() -> None:
-    tok, seqs, qs = packed_text(num_queries=2)
-    observed_index = np.arange(0, 2 * 10, 2)
-    obs = seqs.subset(observed_index)
-    gen = torch.Generator().manual_seed(1)
-    tb = TokenBIF(
-        torch.randn(2, 5, len(qs), 32, generator=gen, dtype=torch.float64),
-        torch.randn(2, 5, len(obs), 32, generator=gen, dtype=torch.float64),
-    )
+    tb, tok, obs, observed_index, qs = _random_bif(1)
     outcomes = {"numbers": "NOT reproduced: first translation / other form at rank 63"}
     panels = example_panels(
         tb, tok, obs, observed_index, qs, query_tokens(qs, tok), n_rows=1, outcomes=outcomes
