@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 UI_STAMP := $(VENV)/.installed-ui
 RESULTS ?= $(CURDIR)/results
+# experiments `make reproduce` runs side by side (0: 2 on a machine with 2 or more cores)
+REPRODUCE_JOBS ?= 0
 # Debian package with the Fashion-MNIST IDX files (installed by `make install` where apt works)
 FASHION_MNIST_DEB ?= dataset-fashion-mnist
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -87,8 +89,8 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale (progress per experiment, summary table at the end); results/ + MLflow
-	$(PY) -m bifrepro.reproduce --results "$(RESULTS)" --make "$(MAKE) --no-print-directory"
+reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale, 2 side by side (REPRODUCE_JOBS=1: one at a time); progress lines, summary table; results/ + MLflow
+	$(PY) -m bifrepro.reproduce --results "$(RESULTS)" --make "$(MAKE) --no-print-directory" --jobs $(REPRODUCE_JOBS)
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
 	$(PY) -m experiments.toy_hierarchy

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,16 @@ from typing import Any
 
 from bifrepro.io import atomic_write_json
 
-__all__ = ["STEPS", "Step", "headline", "summary_table", "main"]
+__all__ = [
+    "STEPS",
+    "Step",
+    "default_jobs",
+    "headline",
+    "main",
+    "schedule",
+    "summary_table",
+    "thread_env",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,12 @@ class Step:
     folder: str
     #: metrics.json -> one short headline string (KeyError: "n/a")
     headline: Callable[[dict[str, Any]], str]
+    #: wall minutes on 2 cores, to order the first run (later runs use the measured times)
+    minutes: float = 10.0
+    #: steps that must finish first (they share a cache)
+    after: tuple[str, ...] = ()
+    #: a timing experiment: runs alone, on every core, so that no other step skews its times
+    exclusive: bool = False
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -46,29 +62,31 @@ def _f(x: float, digits: int = 2) -> str:
 
 STEPS: tuple[Step, ...] = (
     Step("toy", "reproduce-toy", "toy_hierarchy",
-         lambda m: f"Spearman BIF vs leave-one-out {_f(m['spearman_bif_loo_mean'])}"),
+         lambda m: f"Spearman BIF vs leave-one-out {_f(m['spearman_bif_loo_mean'])}", 3),
     Step("toy_robustness", "reproduce-toy-robustness", "toy_robustness",
-         lambda m: f"robust sign-flip share {_f(m['robust_flip_fraction'])}"),
+         lambda m: f"robust sign-flip share {_f(m['robust_flip_fraction'])}", 14),
     Step("language", "reproduce-language", "language",
          lambda m: f"chains healthy {bool(m['chains_healthy'])}; per-token top-10 resolved "
-                   f"{_f(m.get('health/resolved_share', math.nan))}"),
+                   f"{_f(m.get('health/resolved_share', math.nan))}", 20),
     Step("language_scale", "reproduce-language-scale", "language_scale",
          lambda m: "cross-form P@1 (all) per size: " + ", ".join(
              f"{k.split('/')[1]} {_f(v)}" for k, v in m.items()
-             if k.startswith("bif/") and k.endswith("/all/precision_at_1"))),
+             if k.startswith("bif/") and k.endswith("/all/precision_at_1")), 20),
     Step("vision", "reproduce-imagenet", "imagenet/fashion_mnist",
-         lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}"),
+         lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}", 7.5),
     Step("lds", "reproduce-lds", "lds",
          lambda m: f"LDS α=0.05 BIF (corr) {_f(m['lds/bif_correlation/alpha_0.05'])}, EK-FAC "
-                   f"{_f(m['lds/ekfac/alpha_0.05'])}"),
+                   f"{_f(m['lds/ekfac/alpha_0.05'])}", 15),
     Step("compute", "reproduce-compute", "compute",
-         lambda m: f"EK-FAC / BIF time at the base sizes {_f(m['ratio/time_EK-FAC_over_BIF'], 3)}"),
+         lambda m: f"EK-FAC / BIF time at the base sizes {_f(m['ratio/time_EK-FAC_over_BIF'], 3)}", 18,
+         exclusive=True),
     Step("stagewise", "reproduce-stagewise", "stagewise_lm",
          lambda m: f"induction transition midpoint step "
-                   f"{_f(m['induction_transition/midpoint_step'], 0)}"),
+                   f"{_f(m['induction_transition/midpoint_step'], 0)}", 15),
     Step("stagewise_controls", "reproduce-stagewise-controls", "stagewise_controls",
          lambda m: f"transition shift {_f(m['shift/transition_step/mean'], 0)} steps, influence "
-                   f"change shift {_f(m['shift/influence_change_step/mean'], 0)}"),
+                   f"change shift {_f(m['shift/influence_change_step/mean'], 0)}", 24,
+         after=("stagewise",)),  # both use results/cache/stagewise_lm
 )  # fmt: skip
 
 
@@ -102,8 +120,63 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _remaining(steps: Sequence[Step], previous: dict[str, float]) -> float:
-    return sum(previous.get(s.name, math.nan) for s in steps)
+def _ok(rows: dict[str, dict[str, Any]], name: str) -> bool:
+    return name in rows and rows[name]["status"] in ("ok", "planned")
+
+
+def default_jobs(cpus: int | None = None) -> int:
+    """Two experiments side by side on a machine with two or more cores: the embedded models are
+    small, and two one-thread processes do more work than one two-thread process (measured in
+    ``docs/experiments.md``); one on a single core."""
+    return 2 if (cpus or os.cpu_count() or 1) >= 2 else 1
+
+
+def _remaining(steps: Sequence[Step], previous: dict[str, float], jobs: int) -> float:
+    """Estimated wall time of ``steps`` on ``jobs`` slots: their total time / jobs, but never
+    less than the longest one (previous run's times, else each step's estimate)."""
+    alone = sum(_cost(s, previous) for s in steps if s.exclusive)
+    times = [_cost(s, previous) for s in steps if not s.exclusive]
+    return alone + max(sum(times) / max(1, jobs), max(times, default=0.0))
+
+
+def _cost(step: Step, previous: dict[str, float]) -> float:
+    return previous.get(step.name, step.minutes * 60.0)
+
+
+def schedule(steps: Sequence[Step], previous: dict[str, float]) -> list[Step]:
+    """Launch order for several slots: the longest chain first (a step's time plus the longest
+    chain of steps that must follow it; previous run's times, else each step's estimate), a
+    step only after the steps it must follow."""
+    by_name = {s.name: s for s in steps}
+
+    def chain(step: Step, seen: frozenset[str] = frozenset()) -> float:
+        if step.name in seen:
+            raise ValueError(f"dependency cycle through {step.name}")
+        followers = [s for s in steps if step.name in s.after]
+        tail = max((chain(f, seen | {step.name}) for f in followers), default=0.0)
+        return _cost(step, previous) + tail
+
+    priority = {s.name: chain(s) for s in steps}
+    pending, order, done = list(steps), [], set()
+    while pending:
+        ready = [s for s in pending if all(a in done or a not in by_name for a in s.after)]
+        # timing steps first (nothing else runs yet, so no slot idles waiting for them)
+        nxt = max(ready, key=lambda s: (s.exclusive, priority[s.name]))
+        order.append(nxt)
+        done.add(nxt.name)
+        pending.remove(nxt)
+    return order
+
+
+def thread_env(jobs: int, cpus: int | None = None) -> dict[str, str]:
+    """Environment of one step: the CPU cores split between the ``jobs`` slots (an explicit
+    ``OMP_NUM_THREADS`` of the caller wins). Small models run faster as one-thread processes
+    side by side than as one process on two threads (`docs/experiments.md`)."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        threads = max(1, (cpus or os.cpu_count() or 1) // max(1, jobs))
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,38 +184,117 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], default=None)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--make", default="make", help="make command (e.g. 'make -s')")
+    parser.add_argument(
+        "--jobs", type=int, default=0,
+        help="experiments run side by side, each on cores/jobs torch threads (0: 2 when the "
+        "machine has 2 or more cores)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the table")
     args = parser.parse_args(argv)
-    steps = [s for s in STEPS if args.only is None or s.name in args.only]
+    if args.jobs < 0:
+        parser.error(f"--jobs must be >= 0, got {args.jobs}")
+    jobs = args.jobs or default_jobs()
     times_path = args.results / "reproduce_times.json"
     previous: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    rows: list[dict[str, Any]] = []
-    t_start, status = time.perf_counter(), 0
-    for i, step in enumerate(steps):
+    steps = [s for s in STEPS if args.only is None or s.name in args.only]
+    if jobs > 1:  # longest first keeps the slots busy; one slot runs the declared order
+        steps = schedule(steps, previous)
+    log_dir = args.results / "reproduce_logs"
+    env = thread_env(jobs)
+    print(
+        f"bifrepro reproduce: {len(steps)} experiments, {jobs} at a time, "
+        f"{env['OMP_NUM_THREADS']} torch thread(s) each"
+        + (f"; each step's output in {log_dir}/<experiment>.log" if jobs > 1 else ""),
+        flush=True,
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    running: dict[str, tuple[subprocess.Popen | None, float, Any]] = {}
+    pending, finished, status = list(steps), set(), 0
+    t_start = time.perf_counter()
+
+    def launch(step: Step, index: int) -> None:
         elapsed = time.perf_counter() - t_start
-        left = _remaining(steps[i:], previous)
+        left = _remaining([s for s in steps if s.name not in finished], previous, jobs)
         print(
-            f"[{i + 1}/{len(steps)}] {step.name} (make {step.target}); elapsed "
-            f"{_minutes(elapsed)}, remaining ~{_minutes(left)} (previous run's times)",
+            f"[{index}/{len(steps)}] {step.name} (make {step.target})"
+            f"{', alone' if step.exclusive and jobs > 1 else ''}; elapsed {_minutes(elapsed)}, "
+            f"remaining ~{_minutes(left)} (previous run's times, else estimates)",
             flush=True,
         )
-        t0 = time.perf_counter()
-        rc = 0 if args.dry_run else subprocess.call([*args.make.split(), step.target])
+        out = None
+        if args.dry_run:
+            proc = None
+        else:
+            if jobs > 1:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                out = open(log_dir / f"{step.name}.log", "w")  # noqa: SIM115 (closed on exit)
+            proc = subprocess.Popen(
+                [*args.make.split(), step.target], stdout=out,
+                env=thread_env(1) if step.exclusive else env,
+                stderr=subprocess.STDOUT if out else None,
+            )  # fmt: skip
+        running[step.name] = (proc, time.perf_counter(), out)
+
+    def reap(name: str, rc: int) -> None:
+        proc, t0, out = running.pop(name)
+        if out is not None:
+            out.close()
         seconds = time.perf_counter() - t0
+        step = next(s for s in steps if s.name == name)
         if not args.dry_run and rc == 0:
-            previous[step.name] = seconds
+            previous[name] = seconds
             atomic_write_json(previous, times_path)
-        rows.append({
-            "name": step.name, "seconds": math.nan if args.dry_run else seconds,
+        finished.add(name)
+        rows[name] = {
+            "name": name, "seconds": math.nan if args.dry_run else seconds,
             "status": "planned" if args.dry_run else ("ok" if rc == 0 else f"FAILED ({rc})"),
             "headline": headline(step, args.results), "folder": str(args.results / step.folder),
-        })  # fmt: skip
-        if rc != 0:
-            status = rc
-            break
+        }  # fmt: skip
+        if not args.dry_run:
+            print(
+                f"    {name}: {rows[name]['status']} in {_minutes(seconds)}; elapsed "
+                f"{_minutes(time.perf_counter() - t_start)}",
+                flush=True,
+            )
+        if rc != 0 and out is not None:  # the end of the failed step's log, where the error is
+            tail = Path(out.name).read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(f"    | {line}" for line in tail), flush=True)
+
+    chosen, by_name = {s.name for s in steps}, {s.name: s for s in steps}
+    launched = 0
+    try:
+        while pending or running:
+            ready = [s for s in pending if all(_ok(rows, a) or a not in chosen for a in s.after)]
+            while status == 0 and ready and len(running) < jobs:
+                alone = any(by_name[n].exclusive for n in running)
+                if alone or (ready[0].exclusive and running):
+                    break  # a timing step runs alone
+                step = ready.pop(0)
+                pending.remove(step)
+                launched += 1
+                launch(step, launched)
+            if status != 0 and not running:
+                break
+            if not running:  # nothing runnable: a step waits on a failed or missing one
+                break
+            for name, (proc, _, _) in list(running.items()):
+                rc = 0 if proc is None else proc.poll()
+                if rc is not None:
+                    reap(name, rc)
+                    if rc != 0 and status == 0:
+                        status = rc
+            time.sleep(0 if args.dry_run else 1.0)
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():
+            if proc is not None:
+                proc.terminate()
+        raise
     total = time.perf_counter() - t_start
-    print(f"\nbifrepro reproduce: {len(rows)}/{len(steps)} experiments in {_minutes(total)}\n")
-    print(summary_table(rows), flush=True)
+    done_rows = [rows[s.name] for s in steps if s.name in rows]
+    print(f"\nbifrepro reproduce: {len(done_rows)}/{len(steps)} experiments in {_minutes(total)}\n")
+    print(summary_table(done_rows), flush=True)
+    if status and jobs > 1:
+        print(f"\nfull output of every step: {log_dir}/<experiment>.log", flush=True)
     return status
 
 

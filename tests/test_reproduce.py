@@ -1,12 +1,15 @@
 """`make reproduce`'s runner: progress per experiment, times kept for the next estimate, a summary
-table, and a failing step stops the run with its exit status."""
+table, a failing step stops the run with its exit status, and experiments run side by side
+(longest chain first, dependencies respected, timing experiments alone)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bifrepro.reproduce import STEPS, headline, main
+import pytest
+
+from bifrepro.reproduce import STEPS, Step, headline, main, schedule, thread_env
 
 
 def _metrics(results: Path, folder: str, metrics: dict) -> None:
@@ -22,7 +25,8 @@ def test_every_step_is_a_make_target() -> None:
 
 def test_steps_run_in_order_with_progress_times_and_a_summary(tmp_path: Path, capsys) -> None:
     _metrics(tmp_path, "toy_hierarchy", {"spearman_bif_loo_mean": 0.517})
-    rc = main(["--only", "toy", "stagewise", "--results", str(tmp_path), "--make", "true"])
+    rc = main(["--only", "toy", "stagewise", "--results", str(tmp_path), "--make", "true",
+               "--jobs", "1"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
     assert "[1/2] toy (make reproduce-toy)" in out and "[2/2] stagewise" in out
@@ -31,12 +35,14 @@ def test_steps_run_in_order_with_progress_times_and_a_summary(tmp_path: Path, ca
     times = json.loads((tmp_path / "reproduce_times.json").read_text())
     assert set(times) == {"toy", "stagewise"}
     # the next run estimates the remaining time from these
-    main(["--only", "toy", "--results", str(tmp_path), "--make", "true"])
+    main(["--only", "toy", "--results", str(tmp_path), "--make", "true", "--jobs", "1"])
     assert "remaining ~0.0 min" in capsys.readouterr().out
 
 
 def test_a_failing_step_stops_the_run_with_its_status(tmp_path: Path, capsys) -> None:
-    rc = main(["--only", "toy", "lds", "--results", str(tmp_path), "--make", "false"])
+    rc = main(
+        ["--only", "toy", "lds", "--results", str(tmp_path), "--make", "false", "--jobs", "1"]
+    )
     out = capsys.readouterr().out
     assert rc == 1 and "FAILED (1)" in out and "[2/2]" not in out
     assert "1/2 experiments" in out
@@ -51,3 +57,86 @@ def test_headline_is_na_for_incomplete_metrics(tmp_path: Path) -> None:
         tmp_path, "lds", {"lds/bif_correlation/alpha_0.05": 0.44, "lds/ekfac/alpha_0.05": 0.45}
     )
     assert headline(lds, tmp_path) == "LDS α=0.05 BIF (corr) 0.44, EK-FAC 0.45"
+
+
+def _fake_make(tmp_path: Path, fail: str = "") -> str:
+    """A `make` that logs start / end time and its thread count per target (and fails on `fail`)."""
+    script = tmp_path / "fake_make.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "start $1 $(date +%s.%N) $OMP_NUM_THREADS" >> {tmp_path}/events\n'
+        "sleep 0.6\n"
+        f'echo "end $1 $(date +%s.%N)" >> {tmp_path}/events\n'
+        f'if [ "$1" = "{fail}" ]; then echo "boom in $1"; exit 3; fi\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def _intervals(tmp_path: Path) -> dict[str, tuple[float, float, str]]:
+    start, end, threads = {}, {}, {}
+    for line in (tmp_path / "events").read_text().splitlines():
+        kind, target, t, *rest = line.split()
+        (start if kind == "start" else end)[target] = float(t)
+        if rest:
+            threads[target] = rest[0]
+    return {k: (start[k], end[k], threads[k]) for k in start}
+
+
+def _overlap(a: tuple[float, float, str], b: tuple[float, float, str]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_schedule_puts_timing_steps_first_then_the_longest_chain() -> None:
+    steps = [
+        Step("a", "t-a", "a", str, minutes=5),
+        Step("b", "t-b", "b", str, minutes=10),
+        Step("c", "t-c", "c", str, minutes=8, after=("a",)),  # chain a -> c: 13 minutes
+        Step("timing", "t-t", "t", str, minutes=1, exclusive=True),
+    ]
+    assert [s.name for s in schedule(steps, {})] == ["timing", "a", "b", "c"]
+    # measured times replace the estimates
+    assert [s.name for s in schedule(steps, {"b": 60 * 20})] == ["timing", "b", "a", "c"]
+    with pytest.raises(ValueError, match="cycle"):
+        schedule(
+            [Step("x", "t", "x", str, after=("y",)), Step("y", "t", "y", str, after=("x",))], {}
+        )
+
+
+def test_thread_env_splits_the_cores_unless_the_caller_chose(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert thread_env(2, cpus=2)["OMP_NUM_THREADS"] == "1"
+    assert thread_env(2, cpus=8)["OMP_NUM_THREADS"] == "4"
+    assert thread_env(4, cpus=2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_env(2, cpus=8)["OMP_NUM_THREADS"] == "3"
+
+
+def test_parallel_run_overlaps_steps_keeps_deps_and_runs_timing_alone(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    only = ["toy", "lds", "stagewise", "stagewise_controls", "compute"]
+    rc = main(["--only", *only, "--results", str(tmp_path), "--make", _fake_make(tmp_path),
+               "--jobs", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "5/5 experiments" in out and out.count("| ok |") == 5
+    runs = _intervals(tmp_path)
+    compute = runs.pop("reproduce-compute")
+    assert not any(_overlap(compute, other) for other in runs.values())  # alone
+    assert int(compute[2]) >= max(int(r[2]) for r in runs.values())  # on every core
+    assert runs["reproduce-stagewise"][1] <= runs["reproduce-stagewise-controls"][0]  # after
+    assert any(_overlap(runs[a], runs[b]) for a in runs for b in runs if a < b), (
+        "no two steps ran side by side"
+    )
+    assert (tmp_path / "reproduce_logs" / "toy.log").is_file()
+    assert set(json.loads((tmp_path / "reproduce_times.json").read_text())) == set(only)
+
+
+def test_parallel_failure_stops_new_steps_and_shows_the_log(tmp_path: Path, capsys) -> None:
+    rc = main(["--only", "toy", "lds", "vision", "--results", str(tmp_path), "--make",
+               _fake_make(tmp_path, fail="reproduce-lds"), "--jobs", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 3 and "FAILED (3)" in out and "| boom in reproduce-lds" in out
+    ran = set(_intervals(tmp_path))
+    assert "reproduce-lds" in ran and len(ran) == 2  # the third never started
