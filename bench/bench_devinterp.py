@@ -9,7 +9,16 @@ wall time and the peak resident memory of one do not leak into the other. Measur
 * ``seconds`` — wall time of the call (sampling + scores; model loading excluded); with
   ``--repeats N`` the median of N runs per side in alternating order, and the ratio of each pair;
 * ``peak_rss_mb`` — peak increase of the process's resident memory during the call
-  (:func:`bifrepro.attribution.timing.measure_phase`), and ``maxrss_mb`` — its high-water mark.
+  (:func:`bifrepro.attribution.timing.measure_phase`), and ``maxrss_mb`` — its high-water mark;
+  with chain processes, ``workers_maxrss_mb`` — the largest worker's high-water mark (each
+  worker is a fork sharing the parent's pages, so the memory of a run lies between the parent's
+  and parent + workers).
+
+bifrepro runs with ``--chain-processes`` (default 0, the experiments' default: chains split
+between one-thread worker processes, one per torch thread; devinterp 2.0 has no such option and
+runs its chains in turn on every thread). When that gives more than one process, a bifrepro arm
+in one process (``chain_processes=1``) is timed in the same repeats: the ratio with the library
+overhead alone.
 
 Agreement: the Pearson and Spearman correlations between the two score matrices (finite entries,
 position 0 excluded). The two differ only by Monte Carlo noise (different random streams) and by
@@ -34,6 +43,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,6 +74,12 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
         help="bifrepro's observable forward precision (SGLDConfig.observable_dtype)",
     )  # fmt: skip
     p.add_argument(
+        "--chain-processes", type=int, default=0,
+        help="bifrepro's SGLDConfig.chain_processes (0: one one-thread process per torch thread, "
+        "the experiments' default; devinterp 2.0 has no such option). When it resolves to more "
+        "than one process, a bifrepro arm in one process is timed in the same repeats",
+    )  # fmt: skip
+    p.add_argument(
         "--no-bf16-arm", action="store_true",
         help="skip the extra bifrepro run with bfloat16 observables (same seed as the first run)",
     )  # fmt: skip
@@ -87,6 +103,8 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
 def _child(args: argparse.Namespace) -> None:
     from bifrepro.attribution.timing import measure_phase
     from bifrepro.models.lm import load_causal_lm
+    from bifrepro.sampling import SGLDConfig
+    from bifrepro.sampling.chain_processes import resolve_chain_processes
 
     spec = torch.load(args.spec, weights_only=False)
     model = load_causal_lm(spec["model_path"])
@@ -104,6 +122,15 @@ def _child(args: argparse.Namespace) -> None:
             "seconds": rec.seconds,
             "peak_rss_mb": rec.peak_rss_mb,
             "maxrss_mb": rec.peak_rss_total_mb,
+            "threads": torch.get_num_threads(),
+            # high-water mark of the largest chain worker process (0: none ran)
+            "workers_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "processes": resolve_chain_processes(
+                SGLDConfig(num_chains=args.chains, chain_processes=args.chain_processes),
+                torch.device("cpu"),
+            )[0]
+            if args.child == "bifrepro"
+            else 1,
         },
         args.result,
     )
@@ -120,6 +147,7 @@ def _run_bifrepro(model, sgld_ids, obs_ids, s: dict, args) -> tuple[torch.Tensor
         batch_size=args.batch_size, preconditioner=s["preconditioner"],
         rmsprop_alpha=s["rmsprop_alpha"], rmsprop_eps=s["rmsprop_eps"], seed=args.seed,
         eval_batch_size=args.eval_batch_size, observable_dtype=args.observable_dtype,
+        chain_processes=args.chain_processes,
     )  # fmt: skip
     obs = torch.utils.data.TensorDataset(obs_ids)
     traces = sample_loss_traces(
@@ -220,16 +248,23 @@ def _in_our_order(res: dict) -> torch.Tensor:
 
 
 def _launch(
-    which: str, spec: Path, seed: int, args: argparse.Namespace, tmp: Path, dtype: str | None = None
+    which: str,
+    spec: Path,
+    seed: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    dtype: str | None = None,
+    processes: int | None = None,
 ) -> dict:
     dtype = dtype or args.observable_dtype
-    result = tmp / f"{which}-{seed}-{dtype}.pt"
+    processes = args.chain_processes if processes is None else processes
+    result = tmp / f"{which}-{seed}-{dtype}-{processes}.pt"
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--child", which, "--spec", str(spec),
         "--seed", str(seed), "--result", str(result), "--chains", str(args.chains),
         "--draws", str(args.draws), "--burn-in", str(args.burn_in),
         "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
-        "--observable-dtype", dtype,
+        "--observable-dtype", dtype, "--chain-processes", str(processes),
     ]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     t0 = time.perf_counter()
@@ -283,13 +318,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )  # fmt: skip
         if args.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-        runs: dict[str, list[dict]] = {"bifrepro": [], "devinterp": []}
+        runs: dict[str, list[dict]] = {"bifrepro": [], "devinterp": [], "one_process": []}
         for r in range(args.repeats):  # alternate the order: drift in machine load cancels
             for which in ("bifrepro", "devinterp") if r % 2 == 0 else ("devinterp", "bifrepro"):
                 runs[which].append(_launch(which, spec, 0, args, tmp))
+            if runs["bifrepro"][0]["processes"] > 1:  # the same draws in one process
+                runs["one_process"].append(_launch("bifrepro", spec, 0, args, tmp, processes=1))
         ours, theirs = runs["bifrepro"][0], runs["devinterp"][0]  # same seed: same scores
         timing = timing_summary(
             [x["seconds"] for x in runs["bifrepro"]], [x["seconds"] for x in runs["devinterp"]]
+        )
+        single = (
+            timing_summary(
+                [x["seconds"] for x in runs["one_process"]],
+                [x["seconds"] for x in runs["devinterp"]],
+            )
+            if runs["one_process"]
+            else None
         )
         # bfloat16 observables on the same draws (same seed: the SGLD steps stay float32), so
         # its agreement with `ours` isolates the rounding error from Monte Carlo noise
@@ -318,7 +363,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "seed_to_seed_spearman": noise["spearman"],
         "devinterp_nan_fraction": float((~torch.isfinite(b)).double().mean()),
         "entries_compared": agree["entries"],
+        "bifrepro_chain_processes": float(ours["processes"]),
+        "bifrepro_workers_maxrss_mb": float(ours["workers_maxrss_mb"]),
+        "torch_threads": float(ours["threads"]),
     }
+    if single is not None:
+        metrics.update(
+            bifrepro_one_process_seconds=single["bifrepro_seconds"],
+            speedup_one_process=single["speedup"],
+            speedup_one_process_min=single["speedup_min"],
+            speedup_one_process_max=single["speedup_max"],
+            one_process_same_draws_max_abs_diff=float(
+                (_in_our_order(ours) - _in_our_order(runs["one_process"][0]))
+                .abs()
+                .nan_to_num()
+                .max()
+            ),
+        )
     if half is not None:
         same_draws = _agreement(a, _in_our_order(half))
         metrics.update(
@@ -334,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "eval_batch_size_bifrepro": args.eval_batch_size, "step_size": s["step_size"],
         "nbeta": s["nbeta"], "localization": s["localization"],
         "preconditioner": s["preconditioner"], "model": setup.model_info["display_name"],
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": ours["threads"], "bifrepro_chain_processes": ours["processes"],
     }  # fmt: skip
     rows = [
         {"quantity": "wall seconds", "bifrepro": metrics["bifrepro_seconds"],
@@ -349,6 +410,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         {"quantity": "Spearman vs bifrepro seed 0", "bifrepro": noise["spearman"],
          "devinterp": agree["spearman"], "ratio_devinterp_over_bifrepro": float("nan")},
     ]  # fmt: skip
+    if single is not None:
+        rows.append(
+            {"quantity": "wall seconds, bifrepro in one process",
+             "bifrepro": metrics["bifrepro_one_process_seconds"],
+             "devinterp": metrics["devinterp_seconds"],
+             "ratio_devinterp_over_bifrepro": metrics["speedup_one_process"]}
+        )  # fmt: skip
     if half is not None:
         rows.append(
             {"quantity": "wall seconds, bifrepro with bfloat16 observables",
@@ -378,6 +446,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{metrics['peak_memory_ratio']:.2f}x lower; score agreement Pearson "
         f"{agree['pearson']:.3f} (bifrepro seed-to-seed {noise['pearson']:.3f})"
     )
+    if single is not None:
+        print(
+            f"bifrepro in one process (chain_processes=1): {metrics['speedup_one_process']:.2f}x "
+            f"faster than devinterp; {ours['processes']} processes of "
+            f"{max(1, ours['threads'] // ours['processes'])} thread(s) vs devinterp on "
+            f"{ours['threads']} thread(s)"
+        )
     if half is not None:
         print(
             f"bifrepro with bfloat16 observables: {metrics['speedup_bf16']:.2f}x faster than "

@@ -12,13 +12,17 @@ with chains one after another (``"off"``), for the small CNN, the small transfor
 parameter MLP: chain-draws/s of each, their ratio, and the peak extra memory of a run (peak RSS in a
 fresh process on CPU, polled, ``torch.cuda.max_memory_allocated`` on CUDA) against C x the sequential run's.
 
+On CPU (``--only processes``) it compares chains split between one-thread worker processes
+(``chain_processes=0``) with one process running them in turn on every thread, for the small CNN
+and the small transformer: chain-draws/s of each and their ratio.
+
 Finally (``--only options``) it prints three speed ratios of sampler options, measured in the same
 run: SGHMC vs SGLD (effective samples per second along the flattest posterior direction of a
 linear-Gaussian problem, same step size), bfloat16 vs float32 observable forwards (small CNN), and
 ``torch.inference_mode`` vs ``torch.no_grad`` for those forwards.
 
     python bench/bench_sampler.py [--draws 30] [--repeats 3] [--chains 4] [--device cpu|cuda]
-        [--only overhead|batched|options]
+        [--only overhead|batched|processes|options]
 """
 
 from __future__ import annotations
@@ -212,10 +216,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def per_draw_seconds(case, mode: str, chains: int, draws: int, device: str) -> float:
+def per_draw_seconds(
+    case, mode: str, chains: int, draws: int, device: str, processes: int = 1
+) -> float:
     """Seconds per draw index (all ``chains`` chains), set-up removed by differencing two lengths."""
     model, loss_fn, train, observed, cfg = case
-    cfg = cfg.replace(num_chains=chains, chain_batching=mode)
+    cfg = cfg.replace(num_chains=chains, chain_batching=mode, chain_processes=processes)
 
     def timed(n: int) -> float:
         _sync(device)
@@ -334,6 +340,31 @@ def bench_batched(name: str, chains: int, draws: int, repeats: int, device: str)
         f"bound C x (sequential - traces) + traces = {bound:8.1f} MiB: "
         f"{'OK' if mem_bat <= bound else 'ABOVE'} (one model {model_mb:.1f} MiB, "
         f"traces {traces_run:.2f} MiB)"
+    )
+    return r
+
+
+def bench_processes(name: str, chains: int, draws: int, repeats: int) -> float:
+    """Chains split between one-thread worker processes (``chain_processes=0``: one per torch
+    thread) vs one process running them in turn on every thread: chain-draws/s and the ratio."""
+    case = batched_case(name, "cpu")
+    procs = min(torch.get_num_threads(), chains)
+    if procs < 2:
+        print(f"{name:<5} skipped: {torch.get_num_threads()} torch thread(s), nothing to split")
+        return math.nan
+    ratios, one, split = [], [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        s = per_draw_seconds(case, "off", chains, draws, "cpu", processes=1)
+        p = per_draw_seconds(case, "off", chains, draws, "cpu", processes=0)
+        one.append(s)
+        split.append(p)
+        ratios.append(s / p)
+    s, p, r = statistics.median(one), statistics.median(split), statistics.median(ratios)
+    print(
+        f"{name:<5} C={chains}  one process x {torch.get_num_threads()} threads "
+        f"{chains / s:7.2f} chain-draws/s  {procs} processes x "
+        f"{max(1, torch.get_num_threads() // procs)} thread(s) {chains / p:7.2f} chain-draws/s  "
+        f"ratio {r:5.2f}x (runs: {', '.join(f'{x:.2f}' for x in ratios)})"
     )
     return r
 
@@ -488,7 +519,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=("overhead", "batched", "options"), default=None)
+    parser.add_argument(
+        "--only", choices=("overhead", "batched", "processes", "options"), default=None
+    )
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -506,6 +539,13 @@ def main() -> None:
         bench_batched("cnn", args.chains, args.draws, args.repeats, args.device)
         bench_batched("lm", args.chains, max(8, args.draws // 2), args.repeats, args.device)
         bench_batched("mlp10m", args.chains, max(4, args.draws // 6), 1, args.device)
+    if args.only in (None, "processes") and args.device == "cpu":
+        print(
+            f"-- chains in worker processes vs one process ({args.chains} chains; "
+            "sampler.chain_processes=0 vs 1; ratio > 1: processes faster)"
+        )
+        bench_processes("cnn", args.chains, args.draws, args.repeats)
+        bench_processes("lm", args.chains, max(8, args.draws // 2), args.repeats)
     if args.only in (None, "options"):
         print("-- sampler options (ratio > 1: the option is faster)")
         options_benchmark(args)

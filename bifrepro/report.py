@@ -597,6 +597,16 @@ def language_block(results_dir: Path) -> str:
                 f"alternating order; per pair, bifrepro took {1 / runs['speedup_max']:.2f}–"
                 f"{1 / runs['speedup_min']:.2f} of devinterp's time."
             )
+        single = "wall seconds, bifrepro in one process"
+        if single in d.index:
+            procs, threads = runs.get("bifrepro_chain_processes"), runs.get("torch_threads")
+            lines[-1] += (
+                f" bifrepro split the chains between {procs:.0f} one-thread worker processes "
+                f"(`sampler.chain_processes`, the experiments' default), devinterp (which has no "
+                f"such option) ran them in turn on {threads:.0f} threads; in one process, on "
+                f"the same draws, bifrepro took {float(d.at[single, 'bifrepro']):.0f} s, "
+                f"{float(d.at[single, 'bifrepro']) / float(theirs):.2f} of devinterp's time."
+            )
         bf16 = "wall seconds, bifrepro with bfloat16 observables"
         if bf16 in d.index:
             same = d.at["Pearson, bfloat16 vs float32 observables on the same draws", "bifrepro"]

@@ -22,7 +22,9 @@ _OBSERVABLE_DTYPES = ("float32", "bfloat16")
 # (chain_batching does change the rounding; the mode actually used is part of a trace store's
 # identity instead, see bifrepro.sampling.sampler.store_identity, so "auto" run sequentially and
 # "off" share stores.)
-_NON_SEMANTIC_FIELDS = ("eval_batch_size", "cache_data", "checkpoint_every", "chain_batching")
+_NON_SEMANTIC_FIELDS = (
+    "eval_batch_size", "cache_data", "checkpoint_every", "chain_batching", "chain_processes",
+)  # fmt: skip
 
 
 @dataclass
@@ -97,6 +99,14 @@ class SGLDConfig:
     #: Default "off": on CPU vmapped chains measured 0.4-0.8x as fast (``make bench``); the CUDA
     #: path of "auto"/"on" is tested for correctness on CPU but its speed is not measured yet.
     chain_batching: str = "off"
+    #: Worker processes the chains are split between (contiguous chain ranges, each process on
+    #: cores/processes torch threads; forked, CPU only). Traces are bit-identical to one process
+    #: running the chains one after another (each chain owns its random streams; the workers'
+    #: stores are merged, see docs/chain_jobs.md). 1 = in this process; 0 = "auto": one
+    #: process per torch thread this process may use (``torch.get_num_threads()``), at most one
+    #: per chain. Small models sample more draws per second as one-thread processes side by
+    #: side than as one process on several threads (``make bench``).
+    chain_processes: int = 1
     #: "sgld" (overdamped Langevin, the update above) or "sghmc" (underdamped Langevin with
     #: momentum, see the class docstring). SGHMC takes the same step size ε and is as stable (a
     #: quadratic direction of curvature λ needs ε·λ < 8 - 4·friction, SGLD ε·λ < 4), but moves
@@ -168,6 +178,10 @@ class SGLDConfig:
             bad("trace_dtype", f"must be one of {_TRACE_DTYPES}")
         if self.chain_batching not in _CHAIN_BATCHING:
             bad("chain_batching", f"must be one of {_CHAIN_BATCHING}")
+        if not isinstance(self.chain_processes, int) or self.chain_processes < 0:
+            bad("chain_processes", "must be an integer >= 0 (0: one per torch thread)")
+        if self.chain_processes != 1 and self.chain_batching == "on":
+            bad("chain_processes", "vmapped chains (chain_batching='on') run in one process: use 1")
         if self.integrator not in _INTEGRATORS:
             bad("integrator", f"must be one of {_INTEGRATORS}")
         if (

@@ -15,6 +15,7 @@ parameters only (``requires_grad=True``), buffers stay at their w* values.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from bifrepro.sampling.batched import BatchedChains, ChainBatchingError
 from bifrepro.sampling.chain_common import chain_seed as _chain_seed
 from bifrepro.sampling.chain_common import check_divergence as _check_divergence
 from bifrepro.sampling.chain_common import check_loss_shape, observable_forward
+from bifrepro.sampling.chain_processes import resolve_chain_processes, sample_in_processes
 from bifrepro.sampling.diagnostics import SamplerDivergedError
 from bifrepro.sampling.parameters import sampled_parameters
 from bifrepro.sampling.sgld import SGLDState, adapts_preconditioner, sgld_update
@@ -185,6 +187,11 @@ def sample_loss_traces(
             ``divergence_factor·(1 + |loss at w*|)``.
     """
     config.validate()
+    processes = _chain_processes(model, config, out_dir)
+    if processes > 1:
+        sample = functools.partial(sample_loss_traces, collate_fn=collate_fn)
+        args = (model, loss_fn, train_data, observables)
+        return sample_in_processes(sample, args, config, processes, out_dir, progress)
     t_start = time.perf_counter()
     obs = _normalise_observables(observables, loss_fn)
     work = copy.deepcopy(model)
@@ -320,6 +327,22 @@ def sample_loss_traces(
     log.info("BIF sampling done: %s", traces.diagnostics.summary())
     traces.diagnostics.warn_if_drifting()
     return traces
+
+
+def _chain_processes(
+    model: torch.nn.Module, config: SGLDConfig, out_dir: str | os.PathLike[str] | None
+) -> int:
+    """Worker processes for this run (``config.chain_processes``), 1 to sample here: also when
+    ``out_dir`` already holds a store, which is loaded or resumed as it was written."""
+    if config.chain_processes == 1:
+        return 1
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    processes, why = resolve_chain_processes(config, device)
+    if processes > 1 and out_dir is not None and (Path(out_dir) / "manifest.json").exists():
+        processes, why = 1, f"{out_dir} holds a store: loaded or resumed in this process"
+    if processes == 1:
+        log.info("chains in this process (chain_processes=%d): %s", config.chain_processes, why)
+    return processes
 
 
 def _batched_chains(
