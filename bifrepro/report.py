@@ -585,7 +585,8 @@ def language_block(results_dir: Path) -> str:
             f"devinterp's `bif()` on the same model, data and settings "
             f"(`devinterp_comparison.csv`): bifrepro {float(ours):.0f} s vs devinterp "
             f"{float(theirs):.0f} s ({float(ours) / float(theirs):.2f} of its wall time; the "
-            f"target is 0.5), peak memory {float(mem[0]):.0f} MB vs {float(mem[1]):.0f} MB; "
+            f"target is 0.5), peak memory {float(mem[0]):.0f} MB vs {float(mem[1]):.0f} MB"
+            f"{' (bifrepro in one process)' if 'wall seconds, bifrepro in one process' in d.index else ''}; "
             f"devinterp's scores agree with bifrepro's as well as a second bifrepro seed does "
             f"(Pearson {float(agree):.3f} vs {float(ref):.3f}).",
         ]

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -133,7 +134,8 @@ def sample_in_processes(
             proc.start()
             workers.append(proc)
         total, failures = config.num_chains * config.num_draws, []
-        with tqdm(total=total, desc="BIF draws", unit="draw", disable=progress is False) as bar:
+        hidden = progress is False or (progress is None and not sys.stderr.isatty())
+        with tqdm(total=total, desc="BIF draws", unit="draw", disable=hidden) as bar:
             while any(p.is_alive() for p in workers):
                 time.sleep(0.2)
                 while not errors.empty():  # read while they run: a full pipe blocks a worker
