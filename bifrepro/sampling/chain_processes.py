@@ -92,8 +92,11 @@ def _worker(
 def _draws_done(job_dirs: list[Path]) -> int:
     total = 0
     for job in job_dirs:
-        manifest = TraceStore(job).read_manifest() if job.exists() else None
-        total += sum(manifest["completed"]) if manifest else 0
+        try:  # for the progress bar only: a manifest being replaced counts as nothing yet
+            manifest = TraceStore(job).read_manifest() if job.exists() else None
+            total += sum(manifest["completed"]) if manifest else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     return total
 
 

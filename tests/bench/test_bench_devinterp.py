@@ -30,3 +30,10 @@ def test_timing_summary_takes_medians_and_keeps_every_pair_ratio() -> None:
 def test_repeats_are_a_command_line_option() -> None:
     args, rest = _bench()._parse(["--repeats", "3", "experiment.name=x"])
     assert args.repeats == 3 and rest == ["experiment.name=x"]
+
+
+def test_bifrepro_uses_the_experiments_chain_processes_by_default() -> None:
+    args, _ = _bench()._parse([])
+    assert args.chain_processes == 0  # conf/sampler/sgld.yaml's default: one per torch thread
+    args, _ = _bench()._parse(["--chain-processes", "1"])
+    assert args.chain_processes == 1
