@@ -1357,6 +1357,37 @@ def compute_grid_block(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def reproduce_block(results: Path) -> str:
+    """The last ``make reproduce`` run (``reproduce_summary.json``): machine, slots, wall times."""
+    path = Path(results) / "reproduce_summary.json"
+    if not path.is_file():
+        return "No `make reproduce` run recorded in `results/reproduce_summary.json` yet."
+    run = _json(path)
+    ran = {r["name"] for r in run["steps"]}
+    lines = [
+        f"Last `make reproduce` run recorded (`results/reproduce_summary.json`): commit "
+        f"`{run.get('commit') or 'unknown'}`, finished {run['finished']}, on {run['cpus']} CPU "
+        f"cores, {run['jobs']} experiment(s) at a time with {run['threads_per_job']} torch "
+        f"thread(s) each, "
+        + (
+            "from empty caches"
+            if not run.get("cached_files_at_start")
+            else f"with {run['cached_files_at_start']} cached files at the start"
+        )
+        + f": **{run['total_seconds'] / 60:.0f} min** "
+        f"in all (the target is 45), exit status {run['status']}.",
+        "",
+        "| experiment | wall time | status |",
+        "| --- | --- | --- |",
+    ]
+    for r in run["steps"]:
+        lines.append(f"| {r['name']} | {r['seconds'] / 60:.1f} min | {r['status']} |")
+    for name in run["planned"]:
+        if name not in ran:
+            lines.append(f"| {name} | n/a | not run |")
+    return "\n".join(lines)
+
+
 # --- the registry and the files it rewrites -----------------------------------------------------
 
 #: Block name -> its generator (results folder -> markdown). A block may appear in README.md and in
@@ -1386,6 +1417,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "claims": claims_block,
     "language_scale": language_scale_block,
     "stagewise_controls": stagewise_controls_block,
+    "reproduce": reproduce_block,
 }
 
 _MARKER = re.compile(r"<!-- report:([A-Za-z0-9_]+):(begin|end) -->")

@@ -179,6 +179,46 @@ def thread_env(jobs: int, cpus: int | None = None) -> dict[str, str]:
     return env
 
 
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_summary(
+    results: Path,
+    rows: Sequence[dict[str, Any]],
+    steps: Sequence[Step],
+    jobs: int,
+    threads: str,
+    total: float,
+    status: int,
+    cached_files: int = 0,
+) -> None:
+    """``results/reproduce_summary.json``: what this run did, on what, in how long (the
+    documentation's "last full run" line is generated from it)."""
+    atomic_write_json(
+        {
+            "commit": _commit(),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpus": os.cpu_count(),
+            "jobs": jobs,
+            "threads_per_job": int(threads),
+            "total_seconds": total,
+            "status": status,
+            "cached_files_at_start": cached_files,
+            "planned": [s.name for s in steps],
+            "steps": [{k: r[k] for k in ("name", "seconds", "status", "headline")} for r in rows],
+        },
+        Path(results) / "reproduce_summary.json",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], default=None)
@@ -207,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f"; each step's output in {log_dir}/<experiment>.log" if jobs > 1 else ""),
         flush=True,
     )
+    cache = args.results / "cache"
+    cached = sum(p.is_file() for p in cache.rglob("*")) if cache.is_dir() else 0
     rows: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen | None, float, Any]] = {}
     pending, finished, status = list(steps), set(), 0
@@ -291,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     total = time.perf_counter() - t_start
     done_rows = [rows[s.name] for s in steps if s.name in rows]
+    if not args.dry_run:
+        write_summary(
+            args.results, done_rows, steps, jobs, env["OMP_NUM_THREADS"], total, status, cached
+        )
     print(f"\nbifrepro reproduce: {len(done_rows)}/{len(steps)} experiments in {_minutes(total)}\n")
     print(summary_table(done_rows), flush=True)
     if status and jobs > 1:

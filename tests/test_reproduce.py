@@ -140,3 +140,25 @@ def test_parallel_failure_stops_new_steps_and_shows_the_log(tmp_path: Path, caps
     assert rc == 3 and "FAILED (3)" in out and "| boom in reproduce-lds" in out
     ran = set(_intervals(tmp_path))
     assert "reproduce-lds" in ran and len(ran) == 2  # the third never started
+
+
+def test_a_run_writes_its_summary_and_the_docs_block_reads_it(tmp_path: Path, capsys) -> None:
+    from bifrepro.report import reproduce_block
+
+    assert "No `make reproduce` run recorded" in reproduce_block(tmp_path)
+    (tmp_path / "cache" / "x").mkdir(parents=True)
+    (tmp_path / "cache" / "x" / "model.pt").write_text("cached")
+    rc = main(["--only", "toy", "lds", "--results", str(tmp_path), "--make",
+               _fake_make(tmp_path, fail="reproduce-lds"), "--jobs", "1"])  # fmt: skip
+    assert rc == 3
+    summary = json.loads((tmp_path / "reproduce_summary.json").read_text())
+    assert summary["jobs"] == 1 and summary["status"] == 3
+    assert summary["cached_files_at_start"] == 1
+    assert [r["name"] for r in summary["steps"]] == ["toy", "lds"]
+    block = reproduce_block(tmp_path)
+    assert "1 experiment(s) at a time" in block and "with 1 cached files" in block
+    assert "| toy | 0.0 min | ok |" in block and "| lds | 0.0 min | FAILED (3) |" in block
+    # a step the failure kept from starting is listed as not run
+    main(["--only", "toy", "lds", "vision", "--results", str(tmp_path), "--make",
+          _fake_make(tmp_path, fail="reproduce-toy"), "--jobs", "1"])  # fmt: skip
+    assert "| lds | n/a | not run |" in reproduce_block(tmp_path)
