@@ -1375,7 +1375,8 @@ def reproduce_block(results: Path) -> str:
             else f"with {run['cached_files_at_start']} cached files at the start"
         )
         + f": **{run['total_seconds'] / 60:.0f} min** "
-        f"in all (the target is 45), exit status {run['status']}.",
+        f"in all (the target is 45), "
+        + (f"exit status {run['status']}." if isinstance(run["status"], int) else run["status"]),
         "",
         "| experiment | wall time | status |",
         "| --- | --- | --- |",
