@@ -78,7 +78,9 @@ class PerSampleGradients:
             try:
                 return self._vmapped(fn, batch)
             except Exception as err:  # noqa: BLE001 - any vmap failure means: use the loop
-                log.info("per-sample gradients: vmap failed (%s); using a per-item loop", err)
+                reason = str(err).split(". ")[0]  # torch's vmap errors run to a page of advice
+                log.info("per-sample gradients: vmap failed (%s); using a per-item loop", reason)
+                log.debug("the full vmap error: %s", err)
                 self.use_vmap = False
         return self._looped(fn, batch)
 
