@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 UI_STAMP := $(VENV)/.installed-ui
 RESULTS ?= $(CURDIR)/results
-# experiments `make reproduce` runs side by side (0: 2 on a machine with 2 or more cores)
+# experiments `make reproduce` runs side by side (0: the default, one at a time on every core)
 REPRODUCE_JOBS ?= 0
 # Debian package with the Fashion-MNIST IDX files (installed by `make install` where apt works)
 FASHION_MNIST_DEB ?= dataset-fashion-mnist
@@ -89,7 +89,7 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale, 2 side by side (REPRODUCE_JOBS=1: one at a time); progress lines, summary table; results/ + MLflow
+reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale (REPRODUCE_JOBS=2: two side by side); progress lines, summary table; results/ + MLflow
 	$(PY) -m bifrepro.reproduce --results "$(RESULTS)" --make "$(MAKE) --no-print-directory" --jobs $(REPRODUCE_JOBS)
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)

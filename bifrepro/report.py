@@ -1366,7 +1366,7 @@ def reproduce_block(results: Path) -> str:
     ran = {r["name"] for r in run["steps"]}
     lines = [
         f"Last `make reproduce` run recorded (`results/reproduce_summary.json`): commit "
-        f"`{run.get('commit') or 'unknown'}`, finished {run['finished']}, on {run['cpus']} CPU "
+        f"`{run.get('commit') or 'unknown'}`, ended {run['finished']}, on {run['cpus']} CPU "
         f"cores, {run['jobs']} experiment(s) at a time with {run['threads_per_job']} torch "
         f"thread(s) each, "
         + (

@@ -162,3 +162,9 @@ def test_a_run_writes_its_summary_and_the_docs_block_reads_it(tmp_path: Path, ca
     main(["--only", "toy", "lds", "vision", "--results", str(tmp_path), "--make",
           _fake_make(tmp_path, fail="reproduce-toy"), "--jobs", "1"])  # fmt: skip
     assert "| lds | n/a | not run |" in reproduce_block(tmp_path)
+
+
+def test_one_experiment_at_a_time_unless_asked() -> None:
+    from bifrepro.reproduce import default_jobs
+
+    assert default_jobs(2) == 1 and default_jobs(16) == 1  # side by side was not faster
