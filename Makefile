@@ -17,7 +17,7 @@ FASHION_MNIST_DEB ?= dataset-fashion-mnist
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install test test-slow lint format bench bench-accuracy report demo reproduce mlflow-ui mlflow-ui-check clean \
+.PHONY: help install test test-slow lint format bench bench-accuracy bench-time-to-accuracy report demo reproduce mlflow-ui mlflow-ui-check clean \
         reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
         reproduce-lds reproduce-lds-resnet9 reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
 
@@ -81,6 +81,10 @@ bench: $(BENCH_STAMP)  ## Performance benchmarks, ratios measured in one run: sa
 
 bench-accuracy: $(STAMP)  ## BIF accuracy against exact answers (linear/logistic regression, MLP, per token) -> results/accuracy/, docs/accuracy.md (<= 15 min)
 	$(PY) bench/accuracy.py
+	$(PY) -m bifrepro.report
+
+bench-time-to-accuracy: $(STAMP)  ## Seconds to reach Spearman 0.9 against exact answers per sampler (long chains, every prefix timed) -> results/accuracy/time_to_target/, docs/accuracy.md (~25 min)
+	$(PY) bench/time_to_accuracy.py
 	$(PY) -m bifrepro.report
 
 report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) from results/

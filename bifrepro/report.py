@@ -26,6 +26,7 @@ from bifrepro.evaluation.token_scale import projected_agreement
 from bifrepro.io import atomic_write_text
 from bifrepro.report_language_scale import language_scale_block, reproduced_categories
 from bifrepro.report_stagewise_controls import stagewise_controls_block
+from bifrepro.report_time_to_accuracy import time_to_accuracy_block
 
 __all__ = [
     "BLOCKS",
@@ -1398,6 +1399,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     # full results, in docs/experiments/*.md and docs/accuracy.md
     "toy": toy_block,
     "accuracy": accuracy_block,
+    "time_to_accuracy": time_to_accuracy_block,
     "lds": lds_block,
     "lds_resnet9": partial(lds_block, name="lds_resnet9"),
     "lds_mnist5k": partial(lds_block, name="lds/mnist5k"),

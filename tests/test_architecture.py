@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "bifrepro.report": 4,
     "bifrepro.report_language_scale": 4,
     "bifrepro.report_stagewise_controls": 4,
+    "bifrepro.report_time_to_accuracy": 4,
     "bifrepro.reproduce": 4,
 }
 
