@@ -106,7 +106,7 @@ reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster ex
 	$(PY) -m experiments.language experiment=language
 	$(PY) bench/bench_devinterp.py --repeats 3
 
-reproduce-language-scale: $(STAMP)  ## Token links across 3 embedded LM sizes x 3 sampler seeds: cross-form benchmark with CIs, seed agreement, poster figures (~20-40 min on 2 cores)
+reproduce-language-scale: $(STAMP)  ## Token links across 4 embedded LM sizes (0.16-6.8M) x 3 sampler seeds, BIF vs EK-FAC per token: cross-form benchmark with CIs, seed agreement, poster figures (~25 min on 2 cores)
 	$(PY) -m experiments.language_scale experiment=language_scale
 
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)

@@ -24,7 +24,12 @@ from bifrepro.evaluation.ranking import ranking_text
 from bifrepro.evaluation.token_links import EXAMPLE_PREFIX
 from bifrepro.evaluation.token_scale import projected_agreement
 from bifrepro.io import atomic_write_text
-from bifrepro.report_language_scale import language_scale_block, reproduced_categories
+from bifrepro.report_language_scale import (
+    above_chance_cells,
+    chance_text,
+    language_scale_block,
+    reproduced_categories,
+)
 from bifrepro.report_stagewise_controls import stagewise_controls_block
 from bifrepro.report_time_to_accuracy import time_to_accuracy_block
 
@@ -1163,12 +1168,21 @@ def _language_scale_claim(folder: Path) -> list[str] | None:
     agree = _read_csv(folder / "seed_agreement.csv").groupby("size", sort=False)["pearson"].mean()
     sizes = list(above)
     found = [f"{s}: {', '.join(c)}" for s, c in above.items() if c]
+    bif = table[table["method"] == "bif"] if "method" in table else table
+    text = (
+        f"BIF categories above chance: {'; '.join(found) or 'none at any size'} "
+        f"({sizes[0]} … {sizes[-1]}), {chance_text(table)}"
+    )
+    if "method" in table and (table["method"] == "ekfac").any():
+        ek = [f"{s}: {', '.join(c)}" for s, c in reproduced_categories(table, "ekfac").items() if c]
+        text += f"; EK-FAC per token: {'; '.join(ek) or 'none'}, {chance_text(table, 'ekfac')}"
+    beyond = above_chance_cells(table)["p_value"] < 0.05
+    verdict = "partly" if found and beyond else "not beyond chance at these sizes"
     return [
         "the links appear with model scale (language, embedded LM sizes)",
-        f"categories above chance: {'; '.join(found) or 'none at any size'} "
-        f"({sizes[0]} … {sizes[-1]}); seed agreement {agree.min():.2f}–{agree.max():.2f}",
-        "partly" if found else "not reproduced at these sizes",
-        f"{int(table['num_seeds'].min())} sampler seeds per size, 1 trained model each",
+        f"{text}; seed agreement {agree.min():.2f}–{agree.max():.2f}",
+        verdict,
+        f"{int(bif['num_seeds'].min())} sampler seeds per size, 1 trained model each",
     ]
 
 

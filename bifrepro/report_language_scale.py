@@ -13,8 +13,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
-__all__ = ["language_scale_block", "reproduced_categories"]
+__all__ = [
+    "above_chance_cells",
+    "chance_text",
+    "language_scale_block",
+    "reproduced_categories",
+]
 
 #: the order of the benchmark categories in the table
 CATEGORIES = (
@@ -40,8 +46,11 @@ def _f(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def reproduced_categories(table: pd.DataFrame) -> dict[str, list[str]]:
-    """Size -> categories whose P@1 interval over queries lies above chance."""
+def reproduced_categories(table: pd.DataFrame, method: str = "bif") -> dict[str, list[str]]:
+    """Size -> categories whose P@1 interval over queries lies above chance (``method``'s rows
+    when the table has a ``method`` column)."""
+    if "method" in table:
+        table = table[table["method"] == method]
     out: dict[str, list[str]] = {}
     for size, grp in table.groupby("size", sort=False):
         ok = grp[
@@ -51,10 +60,86 @@ def reproduced_categories(table: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+#: Under no link, the lower end of a 95% interval lies above chance about this often.
+FALSE_ABOVE_CHANCE = 0.025
+
+
+def above_chance_cells(table: pd.DataFrame, method: str = "bif") -> dict[str, float]:
+    """How many size × category cells of ``method`` are above chance, out of how many, how many
+    chance alone would put there (each cell :data:`FALSE_ABOVE_CHANCE`), and the binomial tail
+    probability of at least that many by chance (cells treated as independent)."""
+    if "method" in table:
+        table = table[table["method"] == method]
+    cells = table[(table["category"] != "all") & table["precision_at_1"].notna()]
+    k = int((cells["precision_at_1_q_low"] > cells["chance_precision"]).sum())
+    n = len(cells)
+    return {
+        "above": k,
+        "cells": n,
+        "expected": FALSE_ABOVE_CHANCE * n,
+        "p_value": float(stats.binom.sf(k - 1, n, FALSE_ABOVE_CHANCE)) if n else math.nan,
+    }
+
+
+def chance_text(table: pd.DataFrame, method: str = "bif") -> str:
+    """``"k of n size × category cells (e expected by chance alone; P(≥ k) = p)"``."""
+    c = above_chance_cells(table, method)
+    return (
+        f"{c['above']} of {c['cells']} size × category cells ({c['expected']:.1f} expected by "
+        f"chance alone; P(≥ {c['above']}) = {c['p_value']:.2f})"
+    )
+
+
+def _ekfac_lines(every: pd.DataFrame, comparison: Path) -> list[str]:
+    """EK-FAC per token at each size, and the paired BIF-vs-EK-FAC steps (MRR, P@1)."""
+    if "method" not in every or not (every["method"] == "ekfac").any():
+        return []
+    ek = every[(every["method"] == "ekfac") & (every["category"] == "all")]
+    cells = [
+        f"{r.size} {_f(r.precision_at_1)} [{_f(r.precision_at_1_q_low)}, "
+        f"{_f(r.precision_at_1_q_high)}]"
+        for r in ek.itertuples()
+    ]
+    lines = [
+        "",
+        "EK-FAC per training token on the same query tokens and observed sequences, cross-form "
+        "P@1 over all categories [95% CI over queries]: " + ", ".join(cells) + ".",
+        "EK-FAC above chance: "
+        + "; ".join(
+            f"{s}: {', '.join(c) if c else 'no category'}"
+            for s, c in reproduced_categories(every, "ekfac").items()
+        )
+        + f" — {chance_text(every, 'ekfac')}.",
+    ]
+    if comparison.is_file():
+        cmp = pd.read_csv(comparison)
+        parts = []
+        order = {s: i for i, s in enumerate(dict.fromkeys(every["size"]))}
+        groups = sorted(
+            cmp.groupby(["size", "metric"], sort=False), key=lambda g: order.get(g[0][0], 0)
+        )
+        for (size, metric), grp in groups:
+            top = grp.sort_values("rank").iloc[0]
+            if not isinstance(top["next_method"], str) or not top["next_method"]:
+                continue
+            step = ">" if bool(top["resolved"]) else "≈ (not resolved)"
+            parts.append(
+                f"{str(size).split(' ')[0]} {metric.replace('precision_at_', 'P@')}: "
+                f"{top['method']} {step} {top['next_method']}, difference "
+                f"{_f(top['difference'])} [{_f(top['ci_low'])}, {_f(top['ci_high'])}]"
+            )
+        lines.append(
+            "BIF against EK-FAC, paired over query tokens (BIF's seeds averaged per query; "
+            "95% bootstrap CI of the difference): " + "; ".join(parts) + "."
+        )
+    return lines
+
+
 def language_scale_block(results_dir: Path) -> str:
     """Markdown: per-category cross-form P@1 per size, seed agreement, the six examples."""
     folder = Path(results_dir) / "language_scale"
-    table = _read(folder / "benchmark.csv")
+    every = _read(folder / "benchmark.csv")
+    table = every[every["method"] == "bif"] if "method" in every else every
     agree = _read(folder / "seed_agreement.csv")
     links = _read(folder / "links.csv")
     members = _read(folder / "members.csv")
@@ -100,6 +185,7 @@ def language_scale_block(results_dir: Path) -> str:
             + ", ".join(f"{r.size} {r.any_form_precision_at_1:.2f}" for r in overall.itertuples())
             + ".",
         ]
+    lines += _ekfac_lines(every, folder / "method_comparison.csv")
     per_size = agree.groupby("size", sort=False)["pearson"].mean()
     text = ", ".join(f"{s} {v:.2f}" for s, v in per_size.items())
     if "draws_for_agreement_0.5" in agree:
@@ -117,8 +203,8 @@ def language_scale_block(results_dir: Path) -> str:
     repro = reproduced_categories(table)
     lines += [
         "",
-        "Categories whose P@1 is above chance (lower end of the 95% CI over queries above "
-        "the chance precision):",
+        "Categories whose BIF P@1 is above chance (lower end of the 95% CI over queries above "
+        f"the chance precision): {chance_text(table)}:",
         "",
     ]
     for size in sizes:

@@ -71,7 +71,7 @@ STEPS: tuple[Step, ...] = (
     Step("language_scale", "reproduce-language-scale", "language_scale",
          lambda m: "cross-form P@1 (all) per size: " + ", ".join(
              f"{k.split('/')[1]} {_f(v)}" for k, v in m.items()
-             if k.startswith("bif/") and k.endswith("/all/precision_at_1")), 20),
+             if k.startswith("bif/") and k.endswith("/all/precision_at_1")), 25),
     Step("vision", "reproduce-imagenet", "imagenet/fashion_mnist",
          lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}", 7.5),
     Step("lds", "reproduce-lds", "lds",

@@ -590,8 +590,8 @@ def test_language_scale_claim_names_sizes_categories_and_seed_agreement(tmp_path
 
     assert _language_scale_claim(tmp_path) is None  # not run: no row
     rows = [
-        {"size": size, "category": cat, "num_seeds": 3, "precision_at_1_q_low": low,
-         "chance_precision": 0.05}
+        {"size": size, "category": cat, "num_seeds": 3, "precision_at_1": low + 0.1,
+         "precision_at_1_q_low": low, "chance_precision": 0.05}
         for size, cat, low in (("S", "numbers", 0.0), ("L", "numbers", 0.2), ("L", "all", 0.1))
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "benchmark.csv", index=False)
@@ -599,9 +599,26 @@ def test_language_scale_claim_names_sizes_categories_and_seed_agreement(tmp_path
     agree.to_csv(tmp_path / "seed_agreement.csv", index=False)
     claim, here, verdict, seeds = _language_scale_claim(tmp_path)
     assert "L: numbers" in here and "(S … L)" in here and "seed agreement 0.20–0.60" in here
+    assert "1 of 2 size × category cells" in here  # "all" is not a cell
+    # 1 of 2 cells: P(>= 1 by chance) = 1 - 0.975^2 = 0.049 < 0.05
     assert verdict == "partly" and seeds.startswith("3 sampler seeds")
     pd.DataFrame(rows[:1]).to_csv(tmp_path / "benchmark.csv", index=False)
-    assert _language_scale_claim(tmp_path)[2] == "not reproduced at these sizes"
+    assert _language_scale_claim(tmp_path)[2] == "not beyond chance at these sizes"
+    # one cell above chance among 32 is what chance gives: not beyond it; EK-FAC rows reported
+    from bifrepro.report_language_scale import CATEGORIES
+
+    many = [
+        {**rows[0], "method": m, "size": f"s{i}", "category": cat, "num_seeds": s,
+         "precision_at_1_q_low": 0.2 if (i, j) == (0, 0) else 0.0}
+        for m, s in (("bif", 3), ("ekfac", 1)) for i in range(4)
+        for j, cat in enumerate(CATEGORIES[:8])
+    ]  # fmt: skip
+    pd.DataFrame(many).to_csv(tmp_path / "benchmark.csv", index=False)
+    _, here, verdict, seeds = _language_scale_claim(tmp_path)
+    assert verdict == "not beyond chance at these sizes" and seeds.startswith("3 sampler")
+    assert "1 of 32 size × category cells (0.8 expected by chance alone" in here
+    assert "BIF categories above chance: s0: numbers (s0 … s3)" in here
+    assert "EK-FAC per token: s0: numbers, 1 of 32" in here
 
 
 def test_language_health_sentence_reads_the_precision_rule(tmp_path: Path) -> None:

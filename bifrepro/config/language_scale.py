@@ -30,9 +30,9 @@ class LanguageScaleConfig:
     #: Tokens per sequence (one sentence each, padded).
     seq_len: int = 24
     #: The size ladder, smallest first: width, blocks and heads of each member (parallel lists).
-    hidden_sizes: list[int] = field(default_factory=lambda: [48, 96, 128])
-    num_layers: list[int] = field(default_factory=lambda: [2, 2, 2])
-    num_heads: list[int] = field(default_factory=lambda: [4, 4, 4])
+    hidden_sizes: list[int] = field(default_factory=lambda: [48, 96, 128, 256])
+    num_layers: list[int] = field(default_factory=lambda: [2, 2, 2, 6])
+    num_heads: list[int] = field(default_factory=lambda: [4, 4, 4, 8])
     #: MLP width / model width.
     mlp_ratio: int = 4
     #: AdamW steps, batch size and peak learning rate of every member (cached once trained).
@@ -50,6 +50,9 @@ class LanguageScaleConfig:
     ks: list[int] = field(default_factory=lambda: [1, 10])
     #: BIF estimator: "correlation" (Pearson) or "covariance" (+Cov).
     normalize: str = "correlation"
+    #: Methods of the benchmark: "bif" and optionally "ekfac" (per training token, on the same
+    #: observed sequences; settings from the top-level ``methods.ekfac`` node).
+    methods: list[str] = field(default_factory=lambda: ["bif", "ekfac"])
     #: Bootstrap resamples of the confidence intervals over queries.
     num_bootstrap: int = 1000
     #: Training sequences shown per size in each poster figure.
@@ -103,6 +106,8 @@ class LanguageScaleConfig:
             bad("sampler_seeds", "must hold at least 2 distinct seeds >= 0 (agreement needs 2)")
         if not self.ks or min(self.ks) < 1:
             bad("ks", "must be a non-empty list of integers >= 1")
+        if "bif" not in self.methods or set(self.methods) - {"bif", "ekfac"}:
+            bad("methods", "must include 'bif' and only name 'bif' and 'ekfac'")
         if self.normalize not in ("correlation", "covariance"):
             bad("normalize", "must be 'correlation' or 'covariance'")
 

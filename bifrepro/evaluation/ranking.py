@@ -75,7 +75,11 @@ def resolved_ranking(
                 diff = (wide[name] - wide[nxt]).to_numpy(dtype=np.float64)
                 diff = diff[np.isfinite(diff)]
                 lo, hi = bootstrap_mean_ci(diff, num_bootstrap, confidence, seed)
-                resolved = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+                # an end that is 0 up to rounding (e.g. means of thirds) touches 0: not resolved
+                pair = wide[[name, nxt]].to_numpy(dtype=np.float64)
+                scale = np.nanmax(np.abs(pair)) if np.isfinite(pair).any() else 0.0
+                tol = 1e-9 * float(scale)
+                resolved = bool(np.isfinite(lo) and (lo > tol or hi < -tol))
                 row.update(
                     next_method=nxt,
                     difference=float(diff.mean()) if diff.size else math.nan,

@@ -27,6 +27,7 @@ from scipy import stats
 from bifrepro.data.separated_text import SeparatedQuery, benchmark_category
 from bifrepro.data.text import TokenizedSequences
 from bifrepro.evaluation.lds import bootstrap_mean_ci
+from bifrepro.evaluation.ranking import resolved_ranking
 from bifrepro.evaluation.token_links import QueryToken, dense_ranking, token_surfaces
 from bifrepro.evaluation.token_metrics import RankingResult, TokenLinks
 from bifrepro.sampling.uncertainty import bif_standard_errors
@@ -42,6 +43,7 @@ __all__ = [
     "seed_ranking",
     "per_query_rows",
     "category_table",
+    "method_comparison",
     "seed_agreement",
     "link_resolution",
 ]
@@ -142,12 +144,15 @@ def per_query_rows(
     size: str,
     seed: int,
     any_form: RankingResult | None = None,
+    method: str = "bif",
 ) -> list[dict[str, Any]]:
     """One row per query token: its category, cross-form precision@k, reciprocal and first
-    rank; with ``any_form`` also ``any_form_precision_at_1`` (the same word may count)."""
+    rank; with ``any_form`` also ``any_form_precision_at_1`` (the same word may count).
+    ``seed`` is the sampler seed (-1 for a deterministic method)."""
     rows = []
     for i, q in enumerate(qts):
         row = {
+            "method": method,
             "size": size,
             "sampler_seed": seed,
             "query": i,
@@ -182,16 +187,20 @@ def category_table(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per size × category (and "all"): mean precision@k and MRR, each with a CI over queries
-    (``<metric>_q_low/high``) and over sampler seeds (``<metric>_seed_low/high``, ``_seed_sd``);
-    the mean any-form P@1 when the rows have it (no interval: a sanity check)."""
+    """Per method × size × category (and "all"): mean precision@k and MRR, each with a CI over
+    queries (``<metric>_q_low/high``) and over sampler seeds (``<metric>_seed_low/high``,
+    ``_seed_sd``; NaN for a method with one seed); the mean any-form P@1 when the rows have it
+    (no interval: a sanity check). Rows without a ``method`` column are BIF's."""
     metrics = [f"precision_at_{k}" for k in ks] + ["reciprocal_rank"]
     rows = []
     df = per_query.copy()
-    for size, frame in df.groupby("size", sort=False):
+    if "method" not in df:
+        df["method"] = "bif"
+    for (method, size), frame in df.groupby(["method", "size"], sort=False):
         for cat in ["all", *sorted(frame["category"].unique())]:
             sub = frame if cat == "all" else frame[frame["category"] == cat]
             row: dict[str, Any] = {
+                "method": method,
                 "size": size,
                 "category": cat,
                 "num_queries": int(sub["query"].nunique()),
@@ -215,6 +224,27 @@ def category_table(
             row["median_first_rank"] = float(sub.groupby("query")["first_rank"].median().median())
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def method_comparison(
+    per_query: pd.DataFrame, ks: tuple[int, ...], num_bootstrap: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per size and metric (MRR, P@k): the methods ranked on the same query tokens, each step
+    with a paired bootstrap CI over queries (a method's seeds averaged per query first)."""
+    frames = []
+    for metric in ["reciprocal_rank", *(f"precision_at_{k}" for k in ks)]:
+        ranking = resolved_ranking(
+            per_query,
+            method="method",
+            value=metric,
+            unit="query",
+            by=["size"],
+            num_bootstrap=num_bootstrap,
+            seed=seed,
+        )
+        ranking.insert(1, "metric", "mrr" if metric == "reciprocal_rank" else metric)
+        frames.append(ranking)
+    return pd.concat(frames, ignore_index=True)
 
 
 def draws_for_agreement(r: float, draws: int, target: float = 0.5) -> float:

@@ -96,8 +96,18 @@ def example_figure(
     return plot_token_panels(panels, f"{description}: {head}\n{note}", score_label=score_label)
 
 
-def plot_category_scaling(table: pd.DataFrame, params: Mapping[str, int], title: str) -> Figure:
-    """Cross-form P@1 per category against parameters (log x), intervals over queries."""
+#: Display names of the methods of the language-scale benchmark.
+METHOD_NAMES = {"bif": "BIF", "ekfac": "EK-FAC"}
+
+
+def plot_category_scaling(
+    table: pd.DataFrame,
+    params: Mapping[str, int],
+    title: str,
+    reference: pd.DataFrame | None = None,
+) -> Figure:
+    """Cross-form P@1 per category against parameters (log x), intervals over queries;
+    ``reference``: another method's "all" rows (EK-FAC per token), drawn dashed."""
     cats = [c for c in table["category"].unique() if c != "all"] + ["all"]
     with house_style():
         fig = Figure(figsize=(8.5, 4.8))
@@ -118,9 +128,26 @@ def plot_category_scaling(table: pd.DataFrame, params: Mapping[str, int], title:
                 label=cat,
                 **style,
             )
+        if reference is not None and len(reference):
+            name = str(reference["method"].iloc[0])
+            x = np.array([params[s] for s in reference["size"]], dtype=float)
+            y = reference["precision_at_1"].to_numpy(dtype=float)
+            lo = y - reference["precision_at_1_q_low"].to_numpy(dtype=float)
+            hi = reference["precision_at_1_q_high"].to_numpy(dtype=float) - y
+            ax.errorbar(
+                x * 1.08,
+                y,
+                yerr=[np.nan_to_num(lo), np.nan_to_num(hi)],
+                marker="s",
+                ls="--",
+                color="tab:cyan",
+                linewidth=2.0,
+                capsize=3,
+                label=f"all, {METHOD_NAMES.get(name, name)} per token",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
-        ax.set_ylabel("cross-form P@1 (BIF per token)")
+        ax.set_ylabel("cross-form P@1 (per token)")
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(title, fontsize=9)
         legend_below(ax, gap_in=0.45, fontsize=7, ncol=5, frameon=False)  # never over the bars

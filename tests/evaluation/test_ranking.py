@@ -76,3 +76,11 @@ def test_language_benchmark_ranking_per_category() -> None:
     top = out[(out["category"] == "all") & (out["rank"] == 1)].iloc[0]
     assert top["method"] == "bif" and top["level"] == "token" and bool(top["resolved"])
     assert set(out["scope"]) == {"all"} and set(out["form"]) == {"any"}
+
+
+def test_an_interval_end_at_zero_up_to_rounding_is_not_resolved() -> None:
+    """0.1 + 0.2 vs 0.3 per unit: a difference of 5.6e-17 everywhere is rounding, not a gap."""
+    values = {"A": np.full(40, 0.1) + 0.2, "B": np.full(40, 0.3)}
+    r = resolved_ranking(_long(values), method="method", value="lds", unit="query")
+    assert r.iloc[0]["ci_low"] > 0  # what a bare "> 0" would call resolved
+    assert not r["resolved"].any() and ranking_text(r).count("≈") == 1

@@ -16,6 +16,7 @@ from bifrepro.evaluation.token_scale import (
     covering_observed,
     draws_for_agreement,
     link_resolution,
+    method_comparison,
     projected_agreement,
     seed_agreement,
     seed_ranking,
@@ -111,6 +112,44 @@ def test_category_table_means_and_intervals() -> None:
     assert t.at["numbers", "precision_at_1_seed_sd"] == 0.0  # every seed agrees
     assert t.at["all", "num_queries"] == 4 and t.at["all", "num_seeds"] == 3
     assert t.at["all", "precision_at_1_q_low"] <= 0.5 <= t.at["all", "precision_at_1_q_high"]
+
+
+def _method_rows(method: str, seeds: tuple[int, ...], rr: list[float]) -> list[dict]:
+    return [
+        {
+            "method": method,
+            "size": "S",
+            "sampler_seed": seed,
+            "query": q,
+            "category": "numbers",
+            "precision_at_1": float(r == 1.0),
+            "reciprocal_rank": r,
+            "first_rank": 1 / r,
+            "chance_precision": 0.1,
+        }
+        for seed in seeds
+        for q, r in enumerate(rr)
+    ]
+
+
+def test_methods_get_their_own_rows_and_a_paired_comparison() -> None:
+    strong = [1.0] * 20 + [0.5] * 10  # BIF: first on 20 of 30 queries
+    weak = [0.25] * 30  # EK-FAC: fourth on every query
+    per_query = pd.DataFrame(
+        _method_rows("bif", (0, 1, 2), strong) + _method_rows("ekfac", (-1,), weak)
+    )
+    table = category_table(per_query, (1,), num_bootstrap=50).set_index(["method", "category"])
+    assert table.at[("bif", "all"), "precision_at_1"] == pytest.approx(2 / 3)
+    assert table.at[("ekfac", "all"), "precision_at_1"] == 0.0
+    assert table.at[("ekfac", "all"), "num_seeds"] == 1
+    assert math.isnan(table.at[("ekfac", "all"), "precision_at_1_seed_sd"])
+    compared = method_comparison(per_query, (1,), num_bootstrap=200)
+    mrr = compared[compared["metric"] == "mrr"].sort_values("rank")
+    assert list(mrr["method"]) == ["bif", "ekfac"]
+    assert mrr.iloc[0]["resolved"] and mrr.iloc[0]["difference"] == pytest.approx(5 / 6 - 0.25)
+    # the same scores for both methods: a tie, not resolved
+    tie = pd.DataFrame(_method_rows("bif", (0,), weak) + _method_rows("ekfac", (-1,), weak))
+    assert not method_comparison(tie, (1,), num_bootstrap=200)["resolved"].any()
 
 
 def test_draws_for_agreement_inverts_the_noise_model() -> None:

@@ -146,6 +146,7 @@ def test_run_end_to_end_and_the_readme_block(
         "benchmark.csv",
         "per_query.csv",
         "links.csv",
+        "method_comparison.csv",
         "seed_agreement.csv",
         "members.csv",
         "metrics.json",
@@ -154,13 +155,19 @@ def test_run_end_to_end_and_the_readme_block(
     ):
         assert (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "benchmark.csv")
-    assert table["size"].nunique() == 3
+    assert table["size"].nunique() == 3 and set(table["method"]) == {"bif", "ekfac"}
     assert {"numbers", "pronouns", "verbs", "nouns", "countries", "all"} <= set(table.category)
     vals = table["precision_at_1"].dropna()
     assert ((vals >= 0) & (vals <= 1)).all()
     per_query = pd.read_csv(out / "per_query.csv")
-    assert set(per_query.sampler_seed) == {0, 1}
-    assert len(per_query) == 3 * 2 * per_query["query"].nunique()
+    bif = per_query[per_query["method"] == "bif"]
+    assert set(bif.sampler_seed) == {0, 1}
+    assert len(bif) == 3 * 2 * per_query["query"].nunique()
+    ekfac = per_query[per_query["method"] == "ekfac"]  # deterministic: one row per query token
+    assert set(ekfac.sampler_seed) == {-1} and len(ekfac) == 3 * per_query["query"].nunique()
+    compared = pd.read_csv(out / "method_comparison.csv")
+    assert set(compared["method"]) == {"bif", "ekfac"} and compared["size"].nunique() == 3
+    assert {"mrr", "precision_at_1"} <= set(compared["metric"])
     agree = pd.read_csv(out / "seed_agreement.csv")
     assert len(agree) == 3 and agree["pearson"].between(-1, 1).all()
     links = pd.read_csv(out / "links.csv")
@@ -181,6 +188,7 @@ def test_run_end_to_end_and_the_readme_block(
     for size in table["size"].unique():
         assert size in block
     assert "- five (5):" in block
+    assert "EK-FAC per training token" in block and "BIF against EK-FAC" in block
 
 
 def test_block_states_which_categories_reproduce(tmp_path) -> None:

@@ -346,3 +346,34 @@ def test_token_figures() -> None:
     row = TokenRow("#1 seq 4", [" Marie", " has", " three"], np.array([0.0, 0.8, -0.3]))
     panel = TokenPanel('"3" -> "three"', [" Marie", " has", " 3"], 2, [row])
     _assert_clean({"tokens": plot_token_panels([panel], "tokens")})
+
+
+def test_language_scale_figure_with_the_ekfac_reference() -> None:
+    from bifrepro.plots.token_scale import plot_category_scaling
+
+    rows = []
+    for method, sizes in (("bif", ("S", "M", "L")), ("ekfac", ("S", "M", "L"))):
+        for i, size in enumerate(sizes):
+            for cat in ("numbers", "verbs", "all"):
+                p = 0.1 * (i + 1) if method == "bif" else 0.05 * (i + 1)
+                rows.append(
+                    {
+                        "method": method,
+                        "size": size,
+                        "category": cat,
+                        "precision_at_1": p,
+                        "precision_at_1_q_low": max(0.0, p - 0.05),
+                        "precision_at_1_q_high": p + 0.05,
+                    }
+                )
+    table = pd.DataFrame(rows)
+    params = {"S": 10_000, "M": 100_000, "L": 1_000_000}
+    fig = plot_category_scaling(
+        table[table["method"] == "bif"],
+        params,
+        "P@1 vs size",
+        reference=table[(table["method"] == "ekfac") & (table["category"] == "all")],
+    )
+    _, labels = fig.axes[0].get_legend_handles_labels()
+    assert "all, EK-FAC per token" in labels
+    _assert_clean({"scaling": fig})
