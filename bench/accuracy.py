@@ -609,6 +609,21 @@ def _restrict(scores: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
     return scores if items is None else scores[:, items]
 
 
+def sample_problem(problem: Problem, config: SGLDConfig) -> Any:
+    """The loss traces of the problem's training items and queries under ``config`` (the
+    sampler's warnings silenced: the bench judges every run's health itself)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sample_loss_traces(
+            problem.model,
+            problem.loss_fn,
+            problem.train,
+            {"train": problem.train, "query": (problem.query, problem.query_loss_fn)},
+            config,
+            progress=False,
+        )
+
+
 @dataclass
 class RunResult:
     """One sampling run: its row (status, time, health) and, per truth, scores and accuracy."""
@@ -633,17 +648,8 @@ def run_setting(
     result = RunResult({"status": "ok"})
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traces = sample_loss_traces(
-                problem.model,
-                problem.loss_fn,
-                problem.train,
-                {"train": problem.train, "query": (problem.query, problem.query_loss_fn)},
-                config,
-                progress=False,
-            )
-            scores = {n: _scores(problem, traces, n) for n in ("covariance", "correlation")}
+        traces = sample_problem(problem, config)
+        scores = {n: _scores(problem, traces, n) for n in ("covariance", "correlation")}
     except SamplerDivergedError:
         elapsed = time.perf_counter() - start
         result.row.update(status="diverged", seconds=elapsed, healthy=False)

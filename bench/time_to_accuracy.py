@@ -34,7 +34,6 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from bifrepro.io import (  # noqa: E402
     staged_directory,
 )
 from bifrepro.plots.style import house_style, new_figure  # noqa: E402
-from bifrepro.sampling import SGLDConfig, sample_loss_traces  # noqa: E402
+from bifrepro.sampling import SGLDConfig  # noqa: E402
 
 #: The absolute target of the speed issue.
 TARGET = 0.9
@@ -159,16 +158,7 @@ def run_arm(
 ) -> tuple[float, dict[str, np.ndarray]]:
     """Sample once; Spearman (covariance BIF vs each truth) at every prefix of the chains."""
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traces = sample_loss_traces(
-            problem.model,
-            problem.loss_fn,
-            problem.train,
-            {"train": problem.train, "query": (problem.query, problem.query_loss_fn)},
-            config,
-            progress=False,
-        )
+    traces = acc.sample_problem(problem, config)
     seconds = time.perf_counter() - start
     curves = {}
     for task, (truth, items, _) in problem.truths.items():

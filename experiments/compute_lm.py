@@ -240,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         table, q_table, infos = _measure(vc, comp, device, cache, label)
         fits = fit_power_laws(table)
         cross = crossover_params(fits, float(table["num_params"].min()))
-        extra = extrapolate(fits)
+        extra = extrapolate(fits, rows=table)
         q_costs = fit_q_costs(q_table) if len(q_table) else pd.DataFrame()
         metrics, assumptions = headline(table, fits, cross, extra, infos, comp.num_query, q_costs)
         metrics["wall_seconds"] = time.perf_counter() - t_start

@@ -712,3 +712,22 @@ def test_language_headline_reports_the_spread_over_groups_of_chains(tmp_path: Pa
     assert "| all | 10 | 0.30 | 0.30 ± 0.10 | 0.20 |" in text
     assert "3 groups of 4 chains" in text and "r = 0.30" in text and "1 sampler seed" not in text
     assert "two runs of all 12 chains: r ≈ 0.56, projected" in text  # 3 x 0.3 / (1 + 2 x 0.3)
+
+
+def test_pythia_extrapolation_whose_refits_straddle_the_paper_is_not_resolved(
+    tmp_path: Path,
+) -> None:
+    from bifrepro.report import _pythia_ratio
+
+    row = {"model": "pythia-2.8b", "ratio_ekfac_over_bif": 1.4}
+    pd.DataFrame([row]).to_csv(tmp_path / "extrapolation.csv", index=False)
+    assert _pythia_ratio(tmp_path) == (1.4, "", False)  # from before the refits were written
+    pd.DataFrame([{**row, "ratio_loo_low": 0.28, "ratio_loo_high": 2e4}]).to_csv(
+        tmp_path / "extrapolation.csv", index=False
+    )
+    ratio, spread, unresolved = _pythia_ratio(tmp_path)
+    assert unresolved and "0.28–2e+04" in spread
+    pd.DataFrame([{**row, "ratio_loo_low": 0.2, "ratio_loo_high": 3.0}]).to_csv(
+        tmp_path / "extrapolation.csv", index=False
+    )
+    assert not _pythia_ratio(tmp_path)[2]  # every refit below 10x: does not reproduce

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -526,15 +527,20 @@ def crossover_params(
     }
 
 
-def extrapolate(fits: pd.DataFrame, targets: dict[str, int] | None = None) -> pd.DataFrame:
+def extrapolate(
+    fits: pd.DataFrame, targets: dict[str, int] | None = None, rows: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Modelled totals of both methods at ``targets`` (default: :data:`PYTHIA_PARAMS`).
 
-    Columns: model, num_params, bif_seconds, ekfac_seconds, ratio_ekfac_over_bif.
+    Columns: model, num_params, bif_seconds, ekfac_seconds, ratio_ekfac_over_bif; with the
+    timing ``rows`` the fits came from, also ``ratio_loo_low/high``: the smallest and largest
+    ratio when the laws are refitted without one measured size at a time (how much a single size
+    moves an extrapolation far beyond the measured range).
     """
     targets = PYTHIA_PARAMS if targets is None else targets
     p = np.array(list(targets.values()), dtype=float)
     bif, ek = predict(fits, "bif", p), predict(fits, "ekfac", p)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "model": list(targets),
             "num_params": p.astype(np.int64),
@@ -543,6 +549,15 @@ def extrapolate(fits: pd.DataFrame, targets: dict[str, int] | None = None) -> pd
             "ratio_ekfac_over_bif": ek / bif,
         }
     )
+    sizes = np.unique(rows["num_params"]) if rows is not None else np.array([])
+    if sizes.size >= 3:
+        refits = [fit_power_laws(rows[rows["num_params"] != s]) for s in sizes]  # type: ignore[index]
+        ratios = np.array([predict(f, "ekfac", p) / predict(f, "bif", p) for f in refits])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            out["ratio_loo_low"] = np.nanmin(ratios, axis=0)
+            out["ratio_loo_high"] = np.nanmax(ratios, axis=0)
+    return out
 
 
 def headline(
@@ -572,6 +587,10 @@ def headline(
     metrics["crossover_params"] = float(cross.get("crossover_params", math.nan))
     for r in extra.itertuples():
         metrics[f"extrapolated/{r.model}/ratio_ekfac_over_bif"] = float(r.ratio_ekfac_over_bif)
+        for end in ("low", "high"):
+            if hasattr(r, f"ratio_loo_{end}"):
+                value = float(getattr(r, f"ratio_loo_{end}"))
+                metrics[f"extrapolated/{r.model}/ratio_loo_{end}"] = value
     for r in (q_costs if q_costs is not None else pd.DataFrame()).itertuples():
         metrics[f"q_cost/{r.method}/{int(r.num_params)}/seconds_per_query"] = float(r.c_q)
     draws = [int(i["draws"]) for i in infos if "draws" in i]

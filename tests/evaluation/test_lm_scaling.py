@@ -96,6 +96,23 @@ def test_crossover_on_constructed_case():
     )
 
 
+def test_leave_one_size_out_range_is_tight_for_exact_laws_and_wide_for_a_bent_one():
+    rows = _synthetic(_laws((1e-2, 0.5), (1e-6, 1.0)))
+    ext = ls.extrapolate(ls.fit_power_laws(rows), rows=rows).set_index("model")
+    exact = ext.loc["pythia-2.8b"]
+    assert exact["ratio_loo_low"] == pytest.approx(exact["ratio_ekfac_over_bif"], rel=1e-3)
+    assert exact["ratio_loo_high"] == pytest.approx(exact["ratio_ekfac_over_bif"], rel=1e-3)
+    # EK-FAC's largest size twice as slow as its law: the refits disagree far out
+    bent = rows.copy()
+    last = (bent["method"] == "ekfac") & (bent["num_params"] == SIZES[-1])
+    bent.loc[last, "seconds"] *= 2.0
+    wide = ls.extrapolate(ls.fit_power_laws(bent), rows=bent).set_index("model")
+    r = wide.loc["pythia-2.8b"]
+    assert r["ratio_loo_low"] <= r["ratio_ekfac_over_bif"] <= r["ratio_loo_high"]
+    assert r["ratio_loo_high"] / r["ratio_loo_low"] > 1.5
+    assert "ratio_loo_low" not in ls.extrapolate(ls.fit_power_laws(rows)).columns
+
+
 def test_no_crossover_names_the_dominant_term():
     laws = _laws((1e-2, 1.2), (1e-3, 0.5))
     laws[("ekfac", "scores_token")] = (1e-4, 0.9)  # grows fastest among EK-FAC's phases
