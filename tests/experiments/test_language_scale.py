@@ -286,3 +286,16 @@ def test_bad_settings_are_refused(hydra_compose, tmp_path) -> None:
                 ]
             )
         )
+    for methods in ("[ekfac]", "[bif,trak]"):  # BIF is required; only EK-FAC besides it
+        with pytest.raises((ConfigError, ValueError), match="methods"):
+            ls.run(
+                hydra_compose(
+                    [
+                        *TINY,
+                        f"results_dir={tmp_path}",
+                        "tracking.enabled=false",
+                        f"experiment.methods={methods}",
+                    ]
+                )
+            )
+    assert not (tmp_path / "language_scale").exists()  # nothing written on a bad config
