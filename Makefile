@@ -12,6 +12,16 @@ UI_STAMP := $(VENV)/.installed-ui
 RESULTS ?= $(CURDIR)/results
 # experiments `make reproduce` runs side by side (0: the default, one at a time on every core)
 REPRODUCE_JOBS ?= 0
+# scale of every reproduce-* target: full (the committed results/, conf/experiment/<name>.yaml)
+# or quick (conf/experiment/<name>_quick.yaml: fewer draws, seeds and sizes)
+PROFILE ?= full
+ifeq ($(filter full quick,$(PROFILE)),)
+$(error PROFILE must be full or quick, got '$(PROFILE)')
+endif
+Q := $(if $(filter quick,$(PROFILE)),_quick,)
+# profile of `make reproduce`: quick (~40 min on 2 cores, into results/quick/) or full (the
+# committed results/, ~2.5 h on 2 cores)
+REPRODUCE_PROFILE ?= quick
 # Debian package with the Fashion-MNIST IDX files (installed by `make install` where apt works)
 FASHION_MNIST_DEB ?= dataset-fashion-mnist
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -93,43 +103,43 @@ report: $(STAMP)  ## Regenerate the README and docs/ blocks (numbers, tables) fr
 demo: $(STAMP)  ## Tiny BIF demo on linear regression (seconds)
 	$(PY) -m bifrepro.demo
 
-reproduce: $(BENCH_STAMP)  ## Run every experiment at embedded scale (REPRODUCE_JOBS=2: two side by side); progress lines, summary table; results/ + MLflow
-	$(PY) -m bifrepro.reproduce --results "$(RESULTS)" --make "$(MAKE) --no-print-directory" --jobs $(REPRODUCE_JOBS)
+reproduce: $(BENCH_STAMP)  ## Run every experiment (quick profile, ~40 min on 2 cores, into results/quick/; REPRODUCE_PROFILE=full: the committed results/, ~2.5 h); progress lines, summary table, MLflow
+	$(PY) -m bifrepro.reproduce --profile $(REPRODUCE_PROFILE) --results "$(RESULTS)" --make "$(MAKE) --no-print-directory" --jobs $(REPRODUCE_JOBS)
 
 reproduce-toy: $(STAMP)  ## Toy semantic hierarchy: influence dynamics (a few minutes)
-	$(PY) -m experiments.toy_hierarchy
+	$(PY) -m experiments.toy_hierarchy experiment=toy_hierarchy$(Q)
 
 reproduce-toy-robustness: $(STAMP)  ## Toy sign flips over 5 sampler x 3 init seeds: which are robust (~10 min)
-	$(PY) -m experiments.toy_robustness experiment=toy_robustness
+	$(PY) -m experiments.toy_robustness experiment=toy_robustness$(Q)
 
 reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster examples, token benchmark, devinterp comparison (~20 min on 2 cores)
-	$(PY) -m experiments.language experiment=language
-	$(PY) bench/bench_devinterp.py --repeats 3
+	$(PY) -m experiments.language experiment=language$(Q)
+	$(PY) bench/bench_devinterp.py $(if $(Q),--repeats 1 --draws 50 --no-bf16-arm --experiment language_quick,--repeats 3)
 
 reproduce-language-scale: $(STAMP)  ## Token links across 4 embedded LM sizes (0.16-6.8M) x 3 sampler seeds, BIF vs EK-FAC per token: cross-form benchmark with CIs, seed agreement, poster figures (~25 min on 2 cores)
-	$(PY) -m experiments.language_scale experiment=language_scale
+	$(PY) -m experiments.language_scale experiment=language_scale$(Q)
 
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
-	$(PY) -m experiments.imagenet experiment=imagenet
+	$(PY) -m experiments.imagenet experiment=imagenet$(Q)
 
 reproduce-lds: $(STAMP)  ## LDS of BIF / EK-FAC / TRAK / GradSim vs subset fraction on Fashion-MNIST, 3 retraining and 3 sampler seeds (~15 min on 2 cores)
-	$(PY) -m experiments.lds experiment=lds
+	$(PY) -m experiments.lds experiment=lds$(Q)
 
 reproduce-lds-resnet9: $(STAMP)  ## LDS with a ResNet-9 (width 8) on Fashion-MNIST, 102 subset-seed pairs per alpha (~50 min; not in reproduce)
 	$(PY) -m experiments.lds experiment=lds_resnet9
 
 reproduce-compute: $(STAMP)  ## Cost of each method vs n, q, model size, draws; crossover; time-to-equal-LDS (reuses the LDS cache); then the LM family
-	$(PY) -m experiments.compute experiment=compute
-	$(PY) -m experiments.compute_lm experiment=compute_lm
+	$(PY) -m experiments.compute experiment=compute$(Q)
+	$(PY) -m experiments.compute_lm experiment=compute_lm$(Q)
 
 reproduce-compute-lm: $(STAMP)  ## BIF vs EK-FAC across a family of causal LMs (0.15M-7.3M params): cost models, crossover, Pythia extrapolation
-	$(PY) -m experiments.compute_lm experiment=compute_lm
+	$(PY) -m experiments.compute_lm experiment=compute_lm$(Q)
 
 reproduce-stagewise: $(STAMP)  ## Stagewise influence in an LM: per-token BIF across training checkpoints, induction stage (~15 min)
-	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm
+	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm$(Q)
 
 reproduce-stagewise-controls: $(STAMP)  ## Stagewise controls: curriculum arms x 3 training seeds, influence-change shift, class-reweighting intervention (~30-50 min on 2 cores)
-	$(PY) -m experiments.stagewise_controls experiment=stagewise_controls
+	$(PY) -m experiments.stagewise_controls experiment=stagewise_controls$(Q)
 
 sweep-stagewise: $(STAMP)  ## The same as a sweep: train, one Hydra job per checkpoint (local_parallel; SLURM: hydra/launcher=slurm), merge
 	$(PY) -m experiments.stagewise_lm experiment=stagewise_lm experiment.mode=train

@@ -88,6 +88,11 @@ def _parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]
         help="timed runs per side, alternating which side goes first (wall times: median; the "
         "ratio of every repeat is printed)",
     )  # fmt: skip
+    p.add_argument(
+        "--experiment", default="language",
+        help="the language experiment config whose model and data are benchmarked (language_quick: "
+        "the quick profile's, whose cached model it reuses)",
+    )  # fmt: skip
     p.add_argument("--out", type=str, default=None, help="output folder (default results/language)")
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--child", choices=["bifrepro", "devinterp"], help=argparse.SUPPRESS)
@@ -295,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         log.error("devinterp is not installed (pip install -e '.[bench]'); skipping the comparison")
         return {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=language", *overrides])
+        cfg = compose("config", overrides=[f"experiment={args.experiment}", *overrides])
     setup = setup_language(cfg)  # the cached embedded model (trained on first use)
     from omegaconf import OmegaConf
 

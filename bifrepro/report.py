@@ -1392,16 +1392,14 @@ def compute_grid_block(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def reproduce_block(results: Path) -> str:
-    """The last ``make reproduce`` run (``reproduce_summary.json``): machine, slots, wall times."""
-    path = Path(results) / "reproduce_summary.json"
-    if not path.is_file():
-        return "No `make reproduce` run recorded in `results/reproduce_summary.json` yet."
+def _reproduce_run(path: Path, label: str) -> list[str]:
+    """One recorded ``make reproduce`` run (a ``reproduce_summary.json``) as a line and a table."""
     run = _json(path)
     ran = {r["name"] for r in run["steps"]}
+    shown = "results/" + ("quick/" if path.parent.name == "quick" else "") + path.name
     lines = [
-        f"Last `make reproduce` run recorded (`results/reproduce_summary.json`): commit "
-        f"`{run.get('commit') or 'unknown'}`, ended {run['finished']}, on {run['cpus']} CPU "
+        f"{label} (`{shown}`): "
+        f"commit `{run.get('commit') or 'unknown'}`, ended {run['finished']}, on {run['cpus']} CPU "
         f"cores, {run['jobs']} experiment(s) at a time with {run['threads_per_job']} torch "
         f"thread(s) each, "
         + (
@@ -1421,7 +1419,47 @@ def reproduce_block(results: Path) -> str:
     for name in run["planned"]:
         if name not in ran:
             lines.append(f"| {name} | n/a | not run |")
-    return "\n".join(lines)
+    return lines
+
+
+def reproduce_block(results: Path) -> str:
+    """The last recorded ``make reproduce`` run of each profile: the quick one
+    (``results/quick/reproduce_summary.json``) and the full one (``results/reproduce_summary.json``):
+    machine, slots, wall times."""
+    runs = [
+        (Path(results) / "quick" / "reproduce_summary.json", "Last quick-profile run (`make reproduce`)"),
+        (Path(results) / "reproduce_summary.json", "Last full-profile run (`make reproduce REPRODUCE_PROFILE=full`)"),
+    ]  # fmt: skip
+    recorded = [(p, label) for p, label in runs if p.is_file()]
+    if not recorded:
+        return "No `make reproduce` run recorded in `results/reproduce_summary.json` yet."
+    blocks = [_reproduce_run(p, label) for p, label in recorded]
+    return "\n\n".join("\n".join(b) for b in blocks)
+
+
+def _run_summary(path: Path) -> str:
+    """A recorded ``make reproduce`` run in a few words: minutes, cores, commit, complete or not."""
+    if not path.is_file():
+        return "none recorded yet"
+    run = _json(path)
+    done = sum(r["status"] == "ok" for r in run["steps"])
+    whole = done == len(run["planned"]) and run["status"] == 0
+    return (
+        f"**{run['total_seconds'] / 60:.0f} min** on {run['cpus']} cores "
+        f"(commit `{run.get('commit') or 'unknown'}`"
+        + ("" if whole else f"; incomplete: {done} of {len(run['planned'])} experiments")
+        + ")"
+    )
+
+
+def reproduce_headline(results: Path) -> str:
+    """README: how long the last run of each ``make reproduce`` profile took."""
+    results = Path(results)
+    return (
+        f"Last quick-profile run: {_run_summary(results / 'quick' / 'reproduce_summary.json')}; "
+        f"target 45 min. Last full-profile run: "
+        f"{_run_summary(results / 'reproduce_summary.json')}."
+    )
 
 
 # --- the registry and the files it rewrites -----------------------------------------------------
@@ -1431,6 +1469,7 @@ def reproduce_block(results: Path) -> str:
 #: the lead: ``stagewise_controls``, ``language_scale``).
 BLOCKS: dict[str, Callable[[Path], str]] = {
     # full results, in docs/experiments/*.md and docs/accuracy.md
+    "reproduce_headline": reproduce_headline,
     "toy": toy_block,
     "accuracy": accuracy_block,
     "time_to_accuracy": time_to_accuracy_block,

@@ -8,7 +8,13 @@ a user running it alone would; its wall time is measured here (an experiment's
 to ``results/reproduce_times.json`` and estimate the next run's remaining time. A failing step
 stops the run (exit status of the step) after printing the table so far.
 
-    python -m bifrepro.reproduce [--only toy lds ...] [--results results] [--dry-run]
+Two profiles: ``quick`` (every target with ``PROFILE=quick``, i.e. each experiment's
+``conf/experiment/<name>_quick.yaml``: fewer draws, seeds and sizes; written to
+``results/quick/``, about 40 min on 2 cores) and ``full`` (the settings of the committed
+``results/``, about 2.5 h on 2 cores).
+
+    python -m bifrepro.reproduce [--profile quick|full] [--only toy lds ...] [--results results]
+                                 [--dry-run]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from bifrepro.io import atomic_write_json
 
 __all__ = [
+    "PROFILES",
     "STEPS",
     "Step",
     "default_jobs",
@@ -54,6 +61,19 @@ class Step:
     after: tuple[str, ...] = ()
     #: a timing experiment: runs alone, on every core, so that no other step skews its times
     exclusive: bool = False
+    #: part of the quick profile (False: only ``--profile full`` runs it)
+    quick: bool = True
+
+
+#: profile -> results subfolder (under ``--results``) it writes to
+PROFILES: dict[str, str] = {"full": "", "quick": "quick"}
+
+
+def profile_results(results: Path, profile: str) -> Path:
+    """The results folder of a profile: ``results`` itself (full) or ``results/quick``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    return Path(results) / PROFILES[profile] if PROFILES[profile] else Path(results)
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -86,7 +106,10 @@ STEPS: tuple[Step, ...] = (
     Step("stagewise_controls", "reproduce-stagewise-controls", "stagewise_controls",
          lambda m: f"transition shift {_f(m['shift/transition_step/mean'], 0)} steps, influence "
                    f"change shift {_f(m['shift/influence_change_step/mean'], 0)}", 24,
-         after=("stagewise",)),  # both use results/cache/stagewise_lm
+         after=("stagewise",),  # both use results/cache/stagewise_lm
+         # six LM trainings of 2,100 steps (two arms x three seeds): ~15 min on 2 cores before any
+         # BIF, a third of the quick profile's budget, so the quick profile leaves it out
+         quick=False),
 )  # fmt: skip
 
 
@@ -171,11 +194,14 @@ def schedule(steps: Sequence[Step], previous: dict[str, float]) -> list[Step]:
     return order
 
 
-def thread_env(jobs: int, cpus: int | None = None) -> dict[str, str]:
+def thread_env(jobs: int, cpus: int | None = None, results: Path | None = None) -> dict[str, str]:
     """Environment of one step: the CPU cores split between the ``jobs`` slots (an explicit
-    ``OMP_NUM_THREADS`` of the caller wins). Small models run faster as one-thread processes
+    ``OMP_NUM_THREADS`` of the caller wins), and ``BIFREPRO_RESULTS`` (the experiments'
+    ``results_dir``) when ``results`` is given. Small models run faster as one-thread processes
     side by side than as one process on two threads (`docs/experiments.md`)."""
     env = dict(os.environ)
+    if results is not None:
+        env["BIFREPRO_RESULTS"] = str(Path(results).resolve())
     if "OMP_NUM_THREADS" not in env:
         threads = max(1, (cpus or os.cpu_count() or 1) // max(1, jobs))
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
@@ -202,12 +228,14 @@ def write_summary(
     total: float,
     status: int,
     cached_files: int = 0,
+    profile: str = "full",
 ) -> None:
     """``results/reproduce_summary.json``: what this run did, on what, in how long (the
     documentation's "last full run" line is generated from it)."""
     atomic_write_json(
         {
             "commit": _commit(),
+            "profile": profile,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(),
             "jobs": jobs,
@@ -224,6 +252,11 @@ def write_summary(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), default="full",
+        help="quick: conf/experiment/<name>_quick.yaml into <results>/quick; full: the "
+        "committed results' settings into <results>",
+    )  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], default=None)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--make", default="make", help="make command (e.g. 'make -s')")
@@ -237,15 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 0:
         parser.error(f"--jobs must be >= 0, got {args.jobs}")
     jobs = args.jobs or default_jobs()
+    args.results = profile_results(args.results, args.profile)
     times_path = args.results / "reproduce_times.json"
     previous: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    steps = [s for s in STEPS if args.only is None or s.name in args.only]
+    steps = [
+        s for s in STEPS
+        if (args.only is None or s.name in args.only) and (args.profile == "full" or s.quick)
+    ]  # fmt: skip
     if jobs > 1:  # longest first keeps the slots busy; one slot runs the declared order
         steps = schedule(steps, previous)
     log_dir = args.results / "reproduce_logs"
-    env = thread_env(jobs)
+    env = thread_env(jobs, results=args.results)
     print(
-        f"bifrepro reproduce: {len(steps)} experiments, {jobs} at a time, "
+        f"bifrepro reproduce ({args.profile} profile, into {args.results}): "
+        f"{len(steps)} experiments, {jobs} at a time, "
         f"{env['OMP_NUM_THREADS']} torch thread(s) each"
         + (f"; each step's output in {log_dir}/<experiment>.log" if jobs > 1 else ""),
         flush=True,
@@ -274,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_dir.mkdir(parents=True, exist_ok=True)
                 out = open(log_dir / f"{step.name}.log", "w")  # noqa: SIM115 (closed on exit)
             proc = subprocess.Popen(
-                [*args.make.split(), step.target], stdout=out,
-                env=thread_env(1) if step.exclusive else env,
+                [*args.make.split(), step.target, f"PROFILE={args.profile}"], stdout=out,
+                env=thread_env(1, results=args.results) if step.exclusive else env,
                 stderr=subprocess.STDOUT if out else None,
             )  # fmt: skip
         running[step.name] = (proc, time.perf_counter(), out)
@@ -338,7 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     done_rows = [rows[s.name] for s in steps if s.name in rows]
     if not args.dry_run:
         write_summary(
-            args.results, done_rows, steps, jobs, env["OMP_NUM_THREADS"], total, status, cached
+            args.results,
+            done_rows,
+            steps,
+            jobs,
+            env["OMP_NUM_THREADS"],
+            total,
+            status,
+            cached,
+            profile=args.profile,
         )
     print(f"\nbifrepro reproduce: {len(done_rows)}/{len(steps)} experiments in {_minutes(total)}\n")
     print(summary_table(done_rows), flush=True)

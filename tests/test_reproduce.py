@@ -168,3 +168,65 @@ def test_one_experiment_at_a_time_unless_asked() -> None:
     from bifrepro.reproduce import default_jobs
 
     assert default_jobs(2) == 1 and default_jobs(16) == 1  # side by side was not faster
+
+
+def test_the_quick_profile_runs_every_target_quick_into_results_quick(tmp_path: Path) -> None:
+    script = tmp_path / "record_make.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $2 $BIFREPRO_RESULTS" >> {tmp_path}/calls\n'
+    )  # fmt: skip
+    script.chmod(0o755)
+    rc = main(["--profile", "quick", "--only", "toy", "lds", "--results", str(tmp_path),
+               "--make", str(script), "--jobs", "1"])  # fmt: skip
+    assert rc == 0
+    quick = (tmp_path / "quick").resolve()
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"reproduce-toy PROFILE=quick {quick}",
+        f"reproduce-lds PROFILE=quick {quick}",
+    ]
+    summary = json.loads((quick / "reproduce_summary.json").read_text())
+    assert summary["profile"] == "quick"
+    assert not (tmp_path / "reproduce_summary.json").exists()  # the full results stay as they are
+    from bifrepro.report import reproduce_block
+
+    block = reproduce_block(tmp_path)
+    assert "Last quick-profile run" in block and "results/quick/reproduce_summary.json" in block
+    assert "full-profile" not in block
+    # the full profile writes into --results itself
+    (tmp_path / "calls").unlink()
+    assert main(["--only", "toy", "--results", str(tmp_path), "--make", str(script)]) == 0
+    assert (tmp_path / "calls").read_text().split() == [
+        "reproduce-toy", "PROFILE=full", str(tmp_path.resolve())
+    ]  # fmt: skip
+
+
+def test_every_quick_target_has_its_quick_config() -> None:
+    """Each `experiment=<name>$(Q)` of the Makefile names a conf/experiment/<name>_quick.yaml,
+    and every reproduce step's target takes the profile."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    quick = re.findall(r"experiment=(\w+)\$\(Q\)", makefile)
+    assert len(quick) >= len(STEPS)
+    for name in quick:
+        assert (repo / "conf" / "experiment" / f"{name}_quick.yaml").is_file(), name
+    for step in STEPS:
+        recipe = makefile.split(f"\n{step.target}: ", 1)[1].split("\n\n", 1)[0]
+        assert "$(Q)" in recipe, step.target
+
+
+def test_make_refuses_an_unknown_profile_and_expands_quick() -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    bad = subprocess.run(["make", "-n", "-C", str(repo), "reproduce-lds", "PROFILE=fast"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "PROFILE must be full or quick" in bad.stderr
+    ok = subprocess.run(["make", "-n", "-C", str(repo), "reproduce-lds", "PROFILE=quick"],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0 and "experiment=lds_quick" in ok.stdout
+    full = subprocess.run(["make", "-n", "-C", str(repo), "reproduce-lds"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert "experiment=lds\n" in full.stdout
