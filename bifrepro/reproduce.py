@@ -63,6 +63,8 @@ class Step:
     exclusive: bool = False
     #: part of the quick profile (False: only ``--profile full`` runs it)
     quick: bool = True
+    #: the quick profile's wall minutes on 2 cores, for its first run
+    quick_minutes: float = 5.0
 
 
 #: profile -> results subfolder (under ``--results``) it writes to
@@ -80,29 +82,43 @@ def _f(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
 
 
+def _lds_headline(m: dict[str, Any]) -> str:
+    """LDS of BIF (corr) and EK-FAC at the smallest subset fraction the run has."""
+    alphas = sorted(
+        float(k.rsplit("alpha_", 1)[1]) for k in m if k.startswith("lds/bif_correlation/alpha_")
+    )
+    if not alphas:
+        raise KeyError("lds/bif_correlation/alpha_*")
+    a = f"{alphas[0]:g}"
+    return (
+        f"LDS α={a} BIF (corr) {_f(m[f'lds/bif_correlation/alpha_{a}'])}, EK-FAC "
+        f"{_f(m[f'lds/ekfac/alpha_{a}'])}"
+    )
+
+
 STEPS: tuple[Step, ...] = (
     Step("toy", "reproduce-toy", "toy_hierarchy",
-         lambda m: f"Spearman BIF vs leave-one-out {_f(m['spearman_bif_loo_mean'])}", 3),
+         lambda m: f"Spearman BIF vs leave-one-out {_f(m['spearman_bif_loo_mean'])}", 3, quick_minutes=2),
     Step("toy_robustness", "reproduce-toy-robustness", "toy_robustness",
-         lambda m: f"robust sign-flip share {_f(m['robust_flip_fraction'])}", 14),
+         lambda m: f"robust sign-flip share {_f(m['robust_flip_fraction'])}", 14, quick_minutes=4),
     Step("language", "reproduce-language", "language",
          lambda m: f"chains healthy {bool(m['chains_healthy'])}; per-token top-10 resolved "
-                   f"{_f(m.get('health/resolved_share', math.nan))}", 20),
+                   f"{_f(m.get('health/resolved_share', math.nan))}", 20, quick_minutes=6),
     Step("language_scale", "reproduce-language-scale", "language_scale",
          lambda m: "cross-form P@1 (all) per size: " + ", ".join(
              f"{k.split('/')[1]} {_f(v)}" for k, v in m.items()
-             if k.startswith("bif/") and k.endswith("/all/precision_at_1")), 25),
+             if k.startswith("bif/") and k.endswith("/all/precision_at_1")), 25, quick_minutes=4.5),
     Step("vision", "reproduce-imagenet", "imagenet/fashion_mnist",
-         lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}", 7.5),
+         lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}", 7.5, quick_minutes=5),
     Step("lds", "reproduce-lds", "lds",
-         lambda m: f"LDS α=0.05 BIF (corr) {_f(m['lds/bif_correlation/alpha_0.05'])}, EK-FAC "
-                   f"{_f(m['lds/ekfac/alpha_0.05'])}", 15),
+         _lds_headline, 15, quick_minutes=6),
     Step("compute", "reproduce-compute", "compute",
          lambda m: f"EK-FAC / BIF time at the base sizes {_f(m['ratio/time_EK-FAC_over_BIF'], 3)}", 18,
-         exclusive=True),
+         exclusive=True, quick_minutes=8),
     Step("stagewise", "reproduce-stagewise", "stagewise_lm",
          lambda m: f"induction transition midpoint step "
-                   f"{_f(m['induction_transition/midpoint_step'], 0)}", 15),
+                   f"{_f(m['induction_transition/midpoint_step'], 0)}", 15,
+         quick_minutes=6.5),
     Step("stagewise_controls", "reproduce-stagewise-controls", "stagewise_controls",
          lambda m: f"transition shift {_f(m['shift/transition_step/mean'], 0)} steps, influence "
                    f"change shift {_f(m['shift/influence_change_step/mean'], 0)}", 24,
@@ -273,12 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results = profile_results(args.results, args.profile)
     times_path = args.results / "reproduce_times.json"
     previous: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    # first estimates of the quick profile (measured times, once there are some, come first)
+    estimates = {s.name: 60.0 * s.quick_minutes for s in STEPS} if args.profile == "quick" else {}
     steps = [
         s for s in STEPS
         if (args.only is None or s.name in args.only) and (args.profile == "full" or s.quick)
     ]  # fmt: skip
     if jobs > 1:  # longest first keeps the slots busy; one slot runs the declared order
-        steps = schedule(steps, previous)
+        steps = schedule(steps, {**estimates, **previous})
     log_dir = args.results / "reproduce_logs"
     env = thread_env(jobs, results=args.results)
     print(
@@ -297,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def launch(step: Step, index: int) -> None:
         elapsed = time.perf_counter() - t_start
-        left = _remaining([s for s in steps if s.name not in finished], previous, jobs)
+        left = _remaining(
+            [s for s in steps if s.name not in finished], {**estimates, **previous}, jobs
+        )
         print(
             f"[{index}/{len(steps)}] {step.name} (make {step.target})"
             f"{', alone' if step.exclusive and jobs > 1 else ''}; elapsed {_minutes(elapsed)}, "

@@ -230,3 +230,24 @@ def test_make_refuses_an_unknown_profile_and_expands_quick() -> None:
     full = subprocess.run(["make", "-n", "-C", str(repo), "reproduce-lds"],
                           capture_output=True, text=True)  # fmt: skip
     assert "experiment=lds\n" in full.stdout
+
+
+def test_the_quick_profile_leaves_out_what_it_cannot_afford(tmp_path: Path, capsys) -> None:
+    assert main(["--profile", "quick", "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    quick = [s for s in STEPS if s.quick]
+    assert f"{len(quick)} experiments" in out and "stagewise_controls" not in out
+    # the first quick run's remaining time comes from the quick estimates, not the full ones
+    expected = sum(s.quick_minutes for s in quick)
+    assert f"remaining ~{expected:.1f} min" in out
+    assert main(["--results", str(tmp_path), "--dry-run"]) == 0
+    assert "stagewise_controls" in capsys.readouterr().out
+
+
+def test_the_lds_headline_uses_the_smallest_fraction_the_run_has(tmp_path: Path) -> None:
+    lds = next(s for s in STEPS if s.name == "lds")
+    _metrics(tmp_path, "lds", {
+        "lds/bif_correlation/alpha_0.5": 0.3, "lds/ekfac/alpha_0.5": 0.4,
+        "lds/bif_correlation/alpha_0.1": 0.44, "lds/ekfac/alpha_0.1": 0.45,
+    })  # fmt: skip
+    assert headline(lds, tmp_path) == "LDS α=0.1 BIF (corr) 0.44, EK-FAC 0.45"
