@@ -111,14 +111,14 @@ STEPS: tuple[Step, ...] = (
     Step("vision", "reproduce-imagenet", "imagenet/fashion_mnist",
          lambda m: f"BIF top-1 label agreement {_f(m['bif/agreement_top1'])}", 7.5, quick_minutes=5),
     Step("lds", "reproduce-lds", "lds",
-         _lds_headline, 15, quick_minutes=6),
+         _lds_headline, 15, quick_minutes=5),
     Step("compute", "reproduce-compute", "compute",
          lambda m: f"EK-FAC / BIF time at the base sizes {_f(m['ratio/time_EK-FAC_over_BIF'], 3)}", 18,
-         exclusive=True, quick_minutes=8),
+         exclusive=True, quick_minutes=10.5),
     Step("stagewise", "reproduce-stagewise", "stagewise_lm",
          lambda m: f"induction transition midpoint step "
                    f"{_f(m['induction_transition/midpoint_step'], 0)}", 15,
-         quick_minutes=6.5),
+         quick_minutes=5.5),
     Step("stagewise_controls", "reproduce-stagewise-controls", "stagewise_controls",
          lambda m: f"transition shift {_f(m['shift/transition_step/mean'], 0)} steps, influence "
                    f"change shift {_f(m['shift/influence_change_step/mean'], 0)}", 24,
