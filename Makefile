@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test test-slow lint format bench bench-accuracy bench-time-to-accuracy report demo reproduce mlflow-ui mlflow-ui-check clean \
         reproduce-toy reproduce-toy-robustness sweep-toy sweep-sampler-toy reproduce-language reproduce-language-scale reproduce-imagenet \
-        reproduce-lds reproduce-lds-resnet9 reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
+        reproduce-lds reproduce-lds-resnet9 reproduce-language-draws reproduce-compute reproduce-compute-lm reproduce-stagewise reproduce-stagewise-controls sweep-stagewise
 
 help:  ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -118,6 +118,9 @@ reproduce-language: $(BENCH_STAMP)  ## Token-level BIF on a causal LM: poster ex
 
 reproduce-language-scale: $(STAMP)  ## Token links across 4 embedded LM sizes (0.16-6.8M) x 3 sampler seeds, BIF vs EK-FAC per token: cross-form benchmark with CIs, seed agreement, poster figures (~25 min on 2 cores)
 	$(PY) -m experiments.language_scale experiment=language_scale$(Q)
+
+reproduce-language-draws: $(STAMP)  ## The smallest language-scale LM with 2,000 draws per sampler seed: seed agreement of the token scores at its projected 0.5, links with low Monte Carlo noise (~10 min on 2 cores)
+	$(PY) -m experiments.language_scale experiment=language_scale_draws
 
 reproduce-imagenet: $(STAMP)  ## Influence galleries BIF vs EK-FAC: ImageNet if IMAGENET_ROOT is set, else the Fashion-MNIST stand-in (MNIST-5k if its files are missing)
 	$(PY) -m experiments.imagenet experiment=imagenet$(Q)

@@ -9,6 +9,7 @@ the lower end of its P@1 interval over queries lies above the chance precision.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -135,6 +136,39 @@ def _ekfac_lines(every: pd.DataFrame, comparison: Path) -> list[str]:
     return lines
 
 
+def _draws_lines(folder: Path, base: pd.DataFrame) -> list[str]:
+    """The many-draws run of one size (``make reproduce-language-draws``) against the same size
+    in the ladder run: draws per seed, seed agreement and cross-form P@1 (nothing if not run)."""
+    if not (folder / "metrics.json").is_file():
+        return []
+    saved = json.loads((folder / "metrics.json").read_text())
+    draws = saved["sampler"]["num_chains"] * saved["sampler"]["num_draws"]
+    agree = _read(folder / "seed_agreement.csv")
+    every = _read(folder / "benchmark.csv")
+    table = every[every["method"] == "bif"] if "method" in every else every
+    size = str(table["size"].iloc[0])
+    r = table[table["category"] == "all"].iloc[0]
+    ladder = base[(base["size"] == size) & (base["category"] == "all")]
+    before = (
+        f" (ladder run: {_f(ladder.iloc[0]['precision_at_1'])} "
+        f"[{_f(ladder.iloc[0]['precision_at_1_q_low'])}, "
+        f"{_f(ladder.iloc[0]['precision_at_1_q_high'])}])"
+        if not ladder.empty
+        else ""
+    )
+    got = reproduced_categories(table).get(size, [])
+    return [
+        "",
+        f"With {draws:,} draws per seed at {size} (`results/language_scale_draws/`, `make "
+        f"reproduce-language-draws`): seed agreement {agree['pearson'].min():.2f}–"
+        f"{agree['pearson'].max():.2f} over {len(agree)} seed pairs (Spearman "
+        f"{agree['spearman'].min():.2f}–{agree['spearman'].max():.2f}); cross-form P@1 over all "
+        f"categories {_f(r['precision_at_1'])} [{_f(r['precision_at_1_q_low'])}, "
+        f"{_f(r['precision_at_1_q_high'])}]{before}, chance {_f(r['chance_precision'], 3)}; "
+        f"above chance in {', '.join(got) if got else 'no category'}.",
+    ]
+
+
 def language_scale_block(results_dir: Path) -> str:
     """Markdown: per-category cross-form P@1 per size, seed agreement, the six examples."""
     folder = Path(results_dir) / "language_scale"
@@ -200,6 +234,7 @@ def language_scale_block(results_dir: Path) -> str:
         "Seed-to-seed agreement of the token score matrices (Pearson, mean over seed "
         f"pairs): {text}.",
     ]
+    lines += _draws_lines(Path(results_dir) / "language_scale_draws", table)
     repro = reproduced_categories(table)
     lines += [
         "",

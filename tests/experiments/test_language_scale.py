@@ -299,3 +299,52 @@ def test_bad_settings_are_refused(hydra_compose, tmp_path) -> None:
                 )
             )
     assert not (tmp_path / "language_scale").exists()  # nothing written on a bad config
+
+
+def test_block_adds_the_many_draws_run_against_the_ladder(tmp_path) -> None:
+    ladder = tmp_path / "language_scale"
+    ladder.mkdir()
+    cols = {
+        "precision_at_1_seed_sd": [0.0],
+        "num_queries": [8],
+        "chance_precision": [0.02],
+    }
+    pd.DataFrame(
+        {"method": ["bif"], "size": ["S"], "category": ["all"], "precision_at_1": [0.05],
+         "precision_at_1_q_low": [0.0], "precision_at_1_q_high": [0.1], **cols}
+    ).to_csv(ladder / "benchmark.csv", index=False)  # fmt: skip
+    pd.DataFrame({"size": ["S"], "pearson": [0.1], "spearman": [0.05]}).to_csv(
+        ladder / "seed_agreement.csv", index=False
+    )
+    pd.DataFrame(
+        {"query": [0], "outcome": ["no link"], "resolved": [False], "rank": [float("nan")],
+         "size": ["S"], "surface": ["5"], "example": [""]}
+    ).to_csv(ladder / "links.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {"size": ["S"], "num_parameters": [1e5], "heldout_perplexity": [9.0],
+         "probe_seen_accuracy": [0.2], "probe_heldout_accuracy": [0.0],
+         "probe_seen_choice": [0.3], "probe_heldout_choice": [0.1]}
+    ).to_csv(ladder / "members.csv", index=False)  # fmt: skip
+    assert "draws per seed at" not in language_scale_block(tmp_path)  # not run: no line
+
+    many = tmp_path / "language_scale_draws"
+    many.mkdir()
+    pd.DataFrame(
+        {"method": ["bif"] * 2, "size": ["S"] * 2, "category": ["all", "numbers"],
+         "precision_at_1": [0.3, 0.4], "precision_at_1_q_low": [0.2, 0.1],
+         "precision_at_1_q_high": [0.4, 0.7], "precision_at_1_seed_sd": [0.0, 0.0],
+         "num_queries": [8, 4], "chance_precision": [0.02, 0.02]}
+    ).to_csv(many / "benchmark.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {"size": ["S"] * 3, "pearson": [0.48, 0.55, 0.51], "spearman": [0.2, 0.3, 0.25]}
+    ).to_csv(many / "seed_agreement.csv", index=False)
+    (many / "metrics.json").write_text(
+        json.dumps({"metrics": {}, "sampler": {"num_chains": 2, "num_draws": 1000}})
+    )
+    block = language_scale_block(tmp_path)
+    assert (
+        "With 2,000 draws per seed at S (`results/language_scale_draws/`, `make "
+        "reproduce-language-draws`): seed agreement 0.48–0.55 over 3 seed pairs (Spearman "
+        "0.20–0.30); cross-form P@1 over all categories 0.30 [0.20, 0.40] (ladder run: 0.05 "
+        "[0.00, 0.10]), chance 0.020; above chance in numbers." in block
+    )
