@@ -136,6 +136,11 @@ def _ekfac_lines(every: pd.DataFrame, comparison: Path) -> list[str]:
     return lines
 
 
+def _bif_rows(benchmark: pd.DataFrame) -> pd.DataFrame:
+    """BIF's rows of a ``benchmark.csv`` (older files hold BIF alone, without a method column)."""
+    return benchmark[benchmark["method"] == "bif"] if "method" in benchmark else benchmark
+
+
 def _draws_lines(folder: Path, base: pd.DataFrame) -> list[str]:
     """The many-draws run of one size (``make reproduce-language-draws``) against the same size
     in the ladder run: draws per seed, seed agreement and cross-form P@1 (nothing if not run)."""
@@ -145,7 +150,7 @@ def _draws_lines(folder: Path, base: pd.DataFrame) -> list[str]:
     draws = saved["sampler"]["num_chains"] * saved["sampler"]["num_draws"]
     agree = _read(folder / "seed_agreement.csv")
     every = _read(folder / "benchmark.csv")
-    table = every[every["method"] == "bif"] if "method" in every else every
+    table = _bif_rows(every)
     size = str(table["size"].iloc[0])
     r = table[table["category"] == "all"].iloc[0]
     ladder = base[(base["size"] == size) & (base["category"] == "all")]
@@ -173,7 +178,7 @@ def language_scale_block(results_dir: Path) -> str:
     """Markdown: per-category cross-form P@1 per size, seed agreement, the six examples."""
     folder = Path(results_dir) / "language_scale"
     every = _read(folder / "benchmark.csv")
-    table = every[every["method"] == "bif"] if "method" in every else every
+    table = _bif_rows(every)
     agree = _read(folder / "seed_agreement.csv")
     links = _read(folder / "links.csv")
     members = _read(folder / "members.csv")

@@ -10,8 +10,9 @@ stops the run (exit status of the step) after printing the table so far.
 
 Two profiles: ``quick`` (every target with ``PROFILE=quick``, i.e. each experiment's
 ``conf/experiment/<name>_quick.yaml``: fewer draws, seeds and sizes; written to
-``results/quick/``, 39 min from empty caches on 2 cores) and ``full`` (the settings of the committed
-``results/``, about 2.5 h on 2 cores).
+``results/quick/``; target 45 min on 2 cores, the last run's time in its
+``reproduce_summary.json``) and ``full`` (the settings of the committed ``results/``, about
+2.5 h on 2 cores).
 
     python -m bifrepro.reproduce [--profile quick|full] [--only toy lds ...] [--results results]
                                  [--dry-run]
